@@ -1,0 +1,189 @@
+"""Reading and cleaning corpora: text files, JSONL/JSON/CSV columns, hub datasets.
+
+A *document* is one text file, or one row of a JSONL/CSV file. Cleaning works on lines
+(rows for tabular data): strip, drop lines shorter than `min_chars`, drop exact duplicates.
+Documents are kept apart so packing can put an EOS between them.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit import assets
+from llmkit.errors import UsageError
+
+TEXT_SUFFIXES = (".txt", ".md")
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+HUB_PREFIX = "hub:"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    documents: list[str]
+    n_lines_read: int
+    n_lines_kept: int
+
+    @property
+    def n_chars(self) -> int:
+        return sum(len(d) for d in self.documents)
+
+
+def expand_sources(sources: Iterable[str]) -> list[str]:
+    """Files (sorted, de-duplicated) for local sources; `hub:` names are kept as they are."""
+    out: list[str] = []
+    for src in sources:
+        if assets.is_embedded(src):
+            name = assets.embedded_name(src)
+            if name != "shakespeare":
+                raise UsageError(
+                    f"data.sources: unknown embedded corpus '{src}' (valid: embedded:shakespeare)"
+                )
+            out += [str(p) for p in assets.shakespeare_files()]
+        elif src.startswith(HUB_PREFIX):
+            out.append(src)
+        elif Path(src).is_dir():
+            found = sorted(
+                str(p) for p in Path(src).rglob("*") if p.suffix in TEXT_SUFFIXES + TABLE_SUFFIXES
+            )
+            if not found:
+                raise UsageError(f"data.sources: folder {src} holds no .txt/.jsonl/.json/.csv file")
+            out += found
+        elif any(ch in src for ch in "*?["):
+            found = sorted(glob.glob(src, recursive=True))
+            if not found:
+                raise UsageError(f"data.sources: no file matches {src}")
+            out += found
+        elif Path(src).is_file():
+            out.append(src)
+        else:
+            raise UsageError(f"data.sources: file {src} does not exist")
+    return list(dict.fromkeys(out))
+
+
+def read_corpus(
+    sources: Iterable[str], *, text_column: str, min_chars: int, dedupe: bool
+) -> Corpus:
+    files = expand_sources(sources)
+    seen: set[str] = set()
+    documents: list[str] = []
+    n_read = n_kept = 0
+    for src in files:
+        if src.startswith(HUB_PREFIX) or Path(src).suffix in TABLE_SUFFIXES:
+            # One document per row: clean the row as a whole.
+            for text in _read_rows(src, text_column):
+                n_read += 1
+                text = text.strip()
+                if len(text) < min_chars or (dedupe and text in seen):
+                    continue
+                seen.add(text)
+                n_kept += 1
+                documents.append(text)
+        else:
+            kept = []
+            for line in _read_text_lines(Path(src)):
+                n_read += 1
+                line = line.strip()
+                if len(line) < min_chars or (dedupe and line in seen):
+                    continue
+                if dedupe:
+                    seen.add(line)
+                kept.append(line)
+            n_kept += len(kept)
+            if kept:
+                documents.append("\n".join(kept))
+    if not documents:
+        raise UsageError(
+            f"data.sources: the corpus is empty after cleaning ({n_read} lines read from "
+            f"{len(files)} source(s); min_chars={min_chars})"
+        )
+    return Corpus(documents, n_read, n_kept)
+
+
+def fingerprint(srcs: Iterable[str]) -> str:
+    """sha256 over the path and raw bytes of every source file (hub sources: their name)."""
+    digest = hashlib.sha256()
+    for src in expand_sources(srcs):
+        digest.update(src.encode() if src.startswith(HUB_PREFIX) else _file_digest(src))
+    return digest.hexdigest()
+
+
+def _file_digest(path: str) -> bytes:
+    h = hashlib.sha256(path.encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def _read_text_lines(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "re-encode the file, e.g. `iconv -f latin1 -t utf-8`"
+        ) from e
+
+
+def _read_rows(src: str, column: str) -> Iterator[str]:
+    if src.startswith(HUB_PREFIX):
+        yield from _read_hub(src.removeprefix(HUB_PREFIX), column)
+        return
+    path = Path(src)
+    if path.suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            if column not in columns:
+                raise UsageError(
+                    f"{path}: no column '{column}' (columns: {', '.join(columns)}); "
+                    "set data.text_column"
+                )
+            for row in reader:
+                yield row[column] or ""
+        return
+    lines = _read_text_lines(path)
+    if path.suffix == ".json" and lines and lines[0].lstrip().startswith("["):
+        rows = json.loads("\n".join(lines))
+        for i, row in enumerate(rows):
+            yield _column(row, column, f"{path}: item {i}")
+        return
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
+        yield _column(row, column, f"{path}:{lineno}")
+
+
+def _column(row: object, column: str, where: str) -> str:
+    if not isinstance(row, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if column not in row:
+        raise UsageError(
+            f"{where}: no field '{column}' (fields: {', '.join(map(str, row))}); "
+            "set data.text_column"
+        )
+    return str(row[column] or "")
+
+
+def _read_hub(name: str, column: str) -> Iterator[str]:
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(name, split="train")
+    except Exception as e:  # datasets raises many types when the hub is unreachable
+        raise UsageError(f"data.sources: cannot load hub dataset '{name}': {e}") from e
+    if column not in ds.column_names:
+        raise UsageError(f"hub dataset {name}: no column '{column}' (columns: {ds.column_names})")
+    yield from (str(t or "") for t in ds[column])

@@ -1,0 +1,83 @@
+"""The one place llmkit's recipe names become Hugging Face `TrainingArguments` names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmkit.config.schema import TrainConfig
+from llmkit.launch import in_distributed_run
+
+
+def resolve_precision(precision: str) -> str:
+    """auto -> bf16 on a GPU that has it, else fp32 (CPU autocast to bf16 is slower than
+    fp32 on CPUs without AVX512-BF16, which is most of them)."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def training_arguments(
+    train: TrainConfig, output_dir: Path, *, load_best: bool = False, **extra: Any
+) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    precision = resolve_precision(train.precision)
+    on_gpu = torch.cuda.is_available()
+    eval_steps = train.eval_every
+    # Early stopping needs a checkpoint at every evaluation to restore the best one.
+    save_steps = eval_steps if load_best else train.save_every
+    args: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "max_steps": train.max_steps,
+        "num_train_epochs": train.epochs,
+        "per_device_train_batch_size": train.batch_size,
+        "per_device_eval_batch_size": train.eval_batch_size or train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "learning_rate": train.lr,
+        "lr_scheduler_type": train.lr_schedule,
+        # transformers 5 takes a float < 1 as a share of total steps (warmup_ratio is gone).
+        "warmup_steps": train.warmup if train.warmup < 1 else int(train.warmup),
+        "weight_decay": train.weight_decay,
+        "adam_beta2": train.adam_beta2,
+        "max_grad_norm": train.max_grad_norm,
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "tf32": True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        "optim": "adamw_torch_fused" if on_gpu else "adamw_torch",
+        "logging_steps": train.log_every,
+        "logging_first_step": True,
+        # The NaN/inf filter costs a host sync every step; we log the raw loss instead.
+        "logging_nan_inf_filter": False,
+        "eval_strategy": "steps" if eval_steps else "no",
+        "eval_steps": eval_steps,
+        "save_strategy": "steps" if save_steps else "no",
+        "save_steps": save_steps or 500,
+        "save_total_limit": train.save_total_limit,
+        "load_best_model_at_end": load_best,
+        "metric_for_best_model": "eval_loss" if load_best else None,
+        "greater_is_better": False if load_best else None,
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "dataloader_num_workers": train.num_workers,
+        "dataloader_pin_memory": on_gpu,
+        # TensorBoard is attached by the trainer factory with the run's own log folder.
+        "report_to": "none",
+        # Packed causal blocks have no padding, so "all" is exact and needs no mask lookup
+        # (with "non_padding" transformers warns on every step when batches carry no mask).
+        "include_num_input_tokens_seen": "all",
+        "disable_tqdm": False,
+        # llmkit's datasets carry exactly what their collators need (e.g. MLM word starts).
+        "remove_unused_columns": False,
+    }
+    if not on_gpu:
+        args["use_cpu"] = True
+        if in_distributed_run():  # setting a backend in one process asks for a process group
+            args["ddp_backend"] = "gloo"
+    args.update(extra)
+    return TrainingArguments(**args)
