@@ -107,7 +107,9 @@ def prep_cmd(
 def prep_tokenizer_cmd(
     sources: Annotated[list[str], typer.Argument(help="Text files, globs or folders.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the tokenizer.")],
-    kind: Annotated[str, typer.Option(help="bpe (GPT-style), wordpiece (BERT) or unigram.")] = "bpe",
+    kind: Annotated[
+        str, typer.Option(help="bpe (GPT-style), wordpiece (BERT) or unigram.")
+    ] = "bpe",
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 8000,
     min_frequency: Annotated[int, typer.Option(help="Drop merges seen fewer times.")] = 2,
     text_column: Annotated[str, typer.Option(help="Column for .jsonl/.csv sources.")] = "text",
@@ -140,9 +142,10 @@ def pretrain_cmd(
     """Pretrain a causal (GPT/Llama) or masked (BERT) LM; default: small GPT on Shakespeare."""
     from llmkit.config.loader import load_recipe
 
-    overrides = [*(set_ or []), *_flag_overrides(
-        output_dir=output_dir, max_steps=max_steps, seed=seed, devices=devices
-    )]
+    overrides = [
+        *(set_ or []),
+        *_flag_overrides(output_dir=output_dir, max_steps=max_steps, seed=seed, devices=devices),
+    ]
     r = load_recipe(recipe, overrides, default="pretrain/gpt-shakespeare")
     if dry_run:
         typer.echo(r.to_yaml())
@@ -175,9 +178,10 @@ def finetune_cmd(
     default: LoRA on SmolLM2-135M-Instruct with chatterbot Q&A."""
     from llmkit.config.finetune import load_finetune_recipe
 
-    overrides = [*(set_ or []), *_flag_overrides(
-        output_dir=output_dir, max_steps=max_steps, seed=seed, devices=devices
-    )]
+    overrides = [
+        *(set_ or []),
+        *_flag_overrides(output_dir=output_dir, max_steps=max_steps, seed=seed, devices=devices),
+    ]
     r = load_finetune_recipe(recipe, overrides)
     if dry_run:
         typer.echo(r.to_yaml())
@@ -329,7 +333,7 @@ def generate_cmd(
             stream=stream,
             input=input_,
             output=output,
-            field=field,
+            prompt_field=field,
             batch_size=batch_size,
             json=json_,
         )
@@ -355,6 +359,141 @@ def embed_cmd(
 
 
 # --- eval (issue 4) -----------------------------------------------------------------------
+
+_EVAL_GEN = "Generation (--data and the default suite)"
+_EVAL_PPL = "Perplexity (--text and the default suite)"
+
+
+@app.command("eval")
+def eval_cmd(
+    preds: Annotated[
+        Path | None, typer.Option(help="Predictions: .txt (one per line) or .jsonl; no model.")
+    ] = None,
+    refs: Annotated[
+        Path | None,
+        typer.Option(help="References, paired line by line (default: --preds if JSONL)."),
+    ] = None,
+    preds_b: Annotated[
+        Path | None, typer.Option(help="System B's predictions for an A/B comparison.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model A (default: the latest run if a causal LM, else embedded:smollm2).",
+        ),
+    ] = None,
+    model_b: Annotated[str | None, typer.Option(help="Model B for an A/B comparison.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="JSONL with source/target, prompt/completion or question/answer fields, "
+            "or embedded:chatterbot (held-out split): generate, then score."
+        ),
+    ] = None,
+    text: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Text file for perplexity (repeatable), or a run folder (its validation split)."
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated: bleu,chrf,rouge,em,f1,accuracy,distinct,"
+            "self_bleu,length (default: all but accuracy)."
+        ),
+    ] = None,
+    pred_field: Annotated[
+        str | None, typer.Option(help="JSONL field of predictions (default: prediction).")
+    ] = None,
+    ref_field: Annotated[
+        str | None, typer.Option(help="JSONL field of references (default: reference/target).")
+    ] = None,
+    source_field: Annotated[
+        str | None, typer.Option(help="--data field of inputs.", rich_help_panel=_EVAL_GEN)
+    ] = None,
+    target_field: Annotated[
+        str | None, typer.Option(help="--data field of references.", rich_help_panel=_EVAL_GEN)
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Score the first N examples (default suite: 64).", rich_help_panel=_EVAL_GEN
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Greedy answer length (default 64; suite 32).", rich_help_panel=_EVAL_GEN
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(help="Prompts per generate call.", rich_help_panel=_EVAL_GEN)
+    ] = 8,
+    chat: Annotated[
+        bool | None,
+        typer.Option(
+            "--chat/--no-chat",
+            help="Wrap inputs in the chat template (default: if the model has one).",
+            rich_help_panel=_EVAL_GEN,
+        ),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option(help="System prompt (chat).", rich_help_panel=_EVAL_GEN)
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Window in tokens (default: context, at most 1024; suite 512).",
+            rich_help_panel=_EVAL_PPL,
+        ),
+    ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Sliding-window step (default: max-length / 2).", rich_help_panel=_EVAL_PPL
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Folder for metrics.json (default: runs/eval/<name>).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the folder under runs/eval (default: a timestamp).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing metrics.json.")] = False,
+) -> None:
+    """Score predictions, generate then score, or measure perplexity; A/B with --model-b or
+    --preds-b. With no options: the latest run (or SmolLM2) on embedded held-out data."""
+    from llmkit.commands.eval import EvalRequest, run_eval
+
+    run_eval(
+        EvalRequest(
+            preds=preds,
+            refs=refs,
+            preds_b=preds_b,
+            model=model,
+            model_b=model_b,
+            data=data,
+            text=text or [],
+            metrics=metrics,
+            pred_field=pred_field,
+            ref_field=ref_field,
+            source_field=source_field,
+            target_field=target_field,
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            chat=chat,
+            system=system,
+            max_length=max_length,
+            stride=stride,
+            output_dir=output_dir,
+            name=name,
+            overwrite=overwrite,
+        )
+    )
 
 
 def main() -> None:

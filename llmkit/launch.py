@@ -9,8 +9,12 @@ over gloo and share the cores: each gets cores // N threads (torchrun would defa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from types import FrameType
+
+from llmkit.train.interrupt import EXIT_CODES
 
 
 def in_distributed_run() -> bool:
@@ -35,7 +39,25 @@ def relaunch_if_needed(devices: int) -> bool:
         *sys.argv[1:],
     ]
     print(f"launching {devices} processes: {' '.join(cmd[2:])}", flush=True)
-    code = subprocess.call(cmd, env=env)
+    # torchrun runs in its own session, so a terminal's Ctrl-C reaches only us; we forward
+    # each signal exactly once, torchrun passes it to every worker, and the workers agree
+    # on a step, save and exit (see llmkit.train.interrupt).
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if not received:
+            received.append(signum)
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in EXIT_CODES}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        sys.exit(EXIT_CODES[signal.Signals(received[0])])
     if code:
         sys.exit(code)
     return True

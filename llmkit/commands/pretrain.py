@@ -47,6 +47,9 @@ def run_pretrain(
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
 
+    from transformers import set_seed
+
+    set_seed(t.seed)  # before the model is built: initial weights follow train.seed
     model = build_model(recipe, tokenizer)
     train_ds, eval_ds, collator = _datasets(recipe, data, tokenizer)
     tokens_per_step = t.batch_size * args.world_size * t.grad_accum * recipe.data.block_size
@@ -62,7 +65,7 @@ def run_pretrain(
             f"blocks = {tokens_per_step:,} tokens/step"
         )
 
-    from llmkit.train.trainer import build_trainer
+    from llmkit.train.trainer import build_trainer, fit
 
     trainer = build_trainer(
         model=model,
@@ -85,7 +88,7 @@ def run_pretrain(
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
 
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=True if resume else None)
+    out = fit(trainer, run, resume=resume)
     train_seconds = time.perf_counter() - t0
     after = trainer.evaluate()["eval_loss"]
     metrics |= {

@@ -14,6 +14,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from llmkit.config.schema import TrainConfig
 from llmkit.runs import RunDir
 from llmkit.train.callbacks import MetricsJsonl, ProgressLines
+from llmkit.train.checkpoints import AtomicCheckpointsMixin, clear_staging, resumable_checkpoint
+from llmkit.train.interrupt import StopOnSignal
 
 
 def build_trainer(
@@ -39,7 +41,9 @@ def build_trainer(
         from transformers.integrations import TensorBoardCallback
 
         extra.append(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
-    trainer = trainer_cls(
+    # Every llmkit trainer writes checkpoints atomically (see llmkit.train.checkpoints).
+    cls = type(f"Atomic{trainer_cls.__name__}", (AtomicCheckpointsMixin, trainer_cls), {})
+    trainer = cls(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -54,4 +58,28 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressLines())
     trainer.add_callback(MetricsJsonl(run.metrics_jsonl))
+    trainer.add_callback(StopOnSignal())
     return trainer
+
+
+def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
+    """`trainer.train()`, resuming from the newest whole checkpoint when asked, and turning
+    SIGINT/SIGTERM into "finish the step, save, exit 130/143"."""
+    checkpoint = None
+    with trainer.args.main_process_first(desc="checkpoint check"):
+        if trainer.args.process_index == 0:
+            clear_staging(run)
+        if resume:
+            checkpoint = str(resumable_checkpoint(run))
+    if checkpoint and trainer.args.process_index == 0:
+        print(f"resuming from {checkpoint}")
+    stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    stop.install()
+    try:
+        out = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.uninstall()
+    stop.exit_if_interrupted(
+        trainer.state.global_step, run.path, main=trainer.args.process_index == 0
+    )
+    return out

@@ -1,0 +1,187 @@
+"""How to decode: the knobs of `llmkit generate` (and of `generate:` in a recipe).
+
+Every field defaults to None, meaning "not set here": the model's own generation_config.json
+(then transformers' defaults) decides. Values are layered
+model generation_config < recipe `generate:` < CLI flags, so a flag always wins.
+
+    generate:
+      max_new_tokens: 128
+      do_sample: true
+      temperature: 0.7
+      top_p: 0.9
+      stop: ["\\n\\n"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llmkit.errors import UsageError
+
+# Options that only change anything when sampling; setting one implies do_sample=True unless
+# do_sample is set (to False) explicitly, which then drops them (see `sampling_implied`).
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
+
+
+class DecodingConfig(BaseModel):
+    """Decoding options. None = not set (the model's generation config decides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="Most tokens to generate after the prompt (llmkit default 128).",
+    )
+    do_sample: bool | None = Field(
+        default=None,
+        description="Sample (true) or take the most likely token (false, greedy/beam). "
+        "Setting temperature/top_k/top_p/min_p/typical_p implies true.",
+    )
+    temperature: float | None = Field(
+        default=None,
+        description="Divide logits by this before sampling: <1 sharper, >1 flatter.",
+    )
+    top_k: int | None = Field(
+        default=None, ge=0, description="Sample among the k most likely tokens (0 = no limit)."
+    )
+    top_p: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Nucleus sampling: smallest token set with this much mass.",
+    )
+    min_p: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Drop tokens less likely than min_p x the top token's probability.",
+    )
+    typical_p: float | None = Field(
+        default=None, gt=0, le=1, description="Locally typical sampling mass (1 = off)."
+    )
+    repetition_penalty: float | None = Field(
+        default=None,
+        gt=0,
+        description="Divide logits of tokens already seen by this (>1 repeats less).",
+    )
+    no_repeat_ngram_size: int | None = Field(
+        default=None, ge=0, description="Never repeat an n-gram of this size (0 = off)."
+    )
+    num_beams: int | None = Field(
+        default=None, ge=1, description="Beam search width (1 = no beams)."
+    )
+    num_return_sequences: int | None = Field(
+        default=None,
+        ge=1,
+        description="Completions per prompt (needs sampling or that many beams).",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, description="Seed torch before generating: same seed, same samples."
+    )
+    stop: list[str] | None = Field(
+        default=None, description="Stop at the first of these strings; it is cut from the output."
+    )
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_positive(cls, value: float | None) -> float | None:
+        # Some APIs read temperature 0 as "greedy"; transformers would divide logits by zero.
+        if value is not None and value <= 0:
+            raise ValueError("must be > 0; for deterministic output use greedy decoding")
+        return value
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(s == "" for s in value):
+            raise ValueError("a stop string cannot be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _enough_beams(self) -> DecodingConfig:
+        n, beams = self.num_return_sequences, self.num_beams
+        if self.do_sample is False and n is not None and n > 1 and n > (beams or 1):
+            raise ValueError(
+                f"num_return_sequences={n} needs sampling or num_beams >= {n} "
+                f"(greedy gives one answer per prompt)"
+            )
+        return self
+
+    def is_set(self) -> dict[str, Any]:
+        """The fields that were set, as a plain dict."""
+        return self.model_dump(exclude_none=True)
+
+    def over(self, base: DecodingConfig) -> DecodingConfig:
+        """`base` with this config's set fields on top (this one wins), validated again."""
+        return DecodingConfig.model_validate({**base.is_set(), **self.is_set()})
+
+    def sampling_implied(self) -> bool | None:
+        """do_sample as set, else True if any sampling-only option is set, else None."""
+        if self.do_sample is not None:
+            return self.do_sample
+        if any(getattr(self, f) is not None for f in SAMPLING_FIELDS):
+            return True
+        return None
+
+
+def decoding_from_mapping(data: Any, *, where: str, flag_names: bool = False) -> DecodingConfig:
+    """Validate a mapping into a DecodingConfig; every problem names its field.
+
+    `where` prefixes field names ("recipe.yaml: generate.top_p"); with `flag_names` fields are
+    shown as the CLI flags they came from ("--top-p").
+    """
+    try:
+        return DecodingConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [_describe(err, where=where, flag_names=flag_names) for err in e.errors()]
+        raise UsageError(problems[0], problems=problems) from None
+
+
+def load_decoding_from_yaml(path: Path | str) -> DecodingConfig:
+    """The `generate:` mapping of a YAML recipe: a file, or a shipped name such as
+    `generate/precise`. Other top-level keys are left to their owners; a recipe without
+    `generate:` gives an empty config (nothing set).
+    """
+    import yaml
+
+    from llmkit.config.loader import find_recipe
+
+    path = find_recipe(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UsageError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise UsageError(f"recipe {path}: expected a mapping at the top, got {type(doc).__name__}")
+    section = doc.get("generate")
+    if section is None:
+        return DecodingConfig()
+    if not isinstance(section, dict):
+        raise UsageError(f"recipe {path}: generate: expected a mapping of decoding options")
+    return decoding_from_mapping(section, where=f"recipe {path}: generate.")
+
+
+def _describe(err: Any, *, where: str, flag_names: bool) -> str:
+    loc = [str(p) for p in err["loc"]]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across fields (model_validator)
+        return f"{where}{msg}" if where else f"decoding options: {msg}"
+    if flag_names:
+        flag = "--sample/--greedy" if loc[0] == "do_sample" else "--" + loc[0].replace("_", "-")
+        name = " ".join([flag, *loc[1:]])
+    else:
+        name = where + ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        return f"{name}: unknown option (valid: {', '.join(DecodingConfig.model_fields)})"
+    return f"{name}: {msg} (got {err['input']!r})"

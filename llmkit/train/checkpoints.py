@@ -1,0 +1,157 @@
+"""Checkpoints that survive `kill -9`, and resuming from the newest one that is whole.
+
+Trainer writes `checkpoint-N/` file by file in place, so a kill while saving leaves a folder
+that looks like a checkpoint but has no trainer_state.json (seen here: `--resume` then
+crashed). We stage every checkpoint in `<run>/.staging/checkpoint-N/` and rename it into the
+run folder only when every process has finished writing: a `checkpoint-N/` folder is always
+complete. On resume we still validate the newest one (a disk can fill, a file can be cut) and
+fall back to the previous one with a warning, moving the bad one aside rather than deleting it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import UsageError
+from llmkit.runs import RunDir
+
+STAGING = ".staging"
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+
+
+class AtomicCheckpointsMixin:
+    """Mix into a `transformers.Trainer` subclass: checkpoints appear whole or not at all."""
+
+    _staging_dir: str | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        if self._staging_dir is not None:
+            return self._staging_dir
+        return super()._get_output_dir(trial)  # type: ignore[misc]
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        trainer: Any = self
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"checkpoint-{trainer.state.global_step}"
+        staged, final = run_dir / STAGING / name, run_dir / name
+        self._staging_dir = str(run_dir / STAGING)
+        try:
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        finally:
+            self._staging_dir = None
+        state = trainer.state
+        if state.best_model_checkpoint and STAGING in state.best_model_checkpoint:
+            # Trainer noted the staged path as "best"; point it (and the saved state) at the
+            # folder's final name.
+            state.best_model_checkpoint = str(final)
+            if trainer.args.should_save:
+                state.save_to_json(str(staged / "trainer_state.json"))
+        trainer.accelerator.wait_for_everyone()  # every rank wrote its RNG state into `staged`
+        if trainer.args.should_save:
+            _fsync_tree(staged)
+            if final.exists():  # a re-run reached a step saved before a crash: keep both
+                final.rename(run_dir / f"replaced-{name}-{os.getpid()}")
+            staged.rename(final)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=trainer.args.save_total_limit,
+                best_model_checkpoint=state.best_model_checkpoint,
+                use_mtime=False,
+            )
+        trainer.accelerator.wait_for_everyone()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush file contents before the rename, so a power cut cannot leave a renamed folder
+    with empty files (rename is atomic; the data behind it must already be on disk)."""
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why `ckpt` cannot be resumed from, or None if it is whole."""
+    state_file = ckpt / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is cut short or corrupt"
+    step = int(ckpt.name.rsplit("-", 1)[-1])
+    if state.get("global_step") != step:
+        return f"trainer_state.json says step {state.get('global_step')}, folder says {step}"
+    weights = [ckpt / f for f in WEIGHT_FILES if (ckpt / f).exists()]
+    if not weights:
+        return "no model weights"
+    for w in weights:
+        if w.suffix == ".safetensors" and (why := _safetensors_problem(w)):
+            return f"{w.name}: {why}"
+    for f in ("optimizer.pt", "scheduler.pt"):
+        if not (ckpt / f).exists():
+            return f"{f} is missing"
+        if (why := _torch_zip_problem(ckpt / f)) is not None:
+            return f"{f}: {why}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    # Header: 8-byte length + JSON with each tensor's byte range; the file must hold them all.
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max(
+            (v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0
+        )
+    except (ValueError, KeyError, UnicodeDecodeError):
+        return "header is corrupt"
+    if path.stat().st_size < 8 + n + end:
+        return f"cut short ({path.stat().st_size:,} of {8 + n + end:,} bytes)"
+    return None
+
+
+def _torch_zip_problem(path: Path) -> str | None:
+    # torch.save writes a zip archive; its central directory is at the very end, so a cut
+    # file fails to open and a flipped byte fails the CRC check.
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError):
+        return "cut short or corrupt"
+    return f"corrupt member {bad}" if bad else None
+
+
+def resumable_checkpoint(run: RunDir) -> Path:
+    """The newest whole checkpoint; broken newer ones are moved aside with a warning."""
+    candidates = run.checkpoints()
+    if not candidates:
+        raise UsageError(f"--resume: no checkpoint-* folder in {run.path} to resume from")
+    for ckpt in reversed(candidates):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        aside = ckpt.with_name(f"corrupt-{ckpt.name}")
+        print(f"warning: {ckpt} cannot be resumed ({problem}); moved to {aside.name}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        ckpt.rename(aside)
+    raise UsageError(f"--resume: every checkpoint in {run.path} is incomplete or corrupt")
+
+
+def clear_staging(run: RunDir) -> None:
+    """A checkpoint being staged when the process died is not a checkpoint: drop it."""
+    staging = run.path / STAGING
+    if staging.exists():
+        shutil.rmtree(staging)

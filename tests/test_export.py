@@ -1,0 +1,91 @@
+"""`llmkit export`: a LoRA run merged into a plain folder that loads without peft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llmkit.config.finetune import load_finetune_recipe
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 LoRA steps (GPT-2 defaults: c_attn, c_proj) at a high lr, so B moves off zero."""
+    from llmkit.commands.finetune import run_finetune
+
+    rows = tmp_path_factory.mktemp("rows") / "t.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"text": f"line {i} of the story"}) + "\n" for i in range(40))
+    )
+    out = tmp_path_factory.mktemp("runs") / "gpt2-lora"
+    recipe = load_finetune_recipe(
+        None,
+        [
+            f"model.init={tiny_gpt2_dir}",
+            f"train.output_dir={out}",
+            f"data.sources=[{rows}]",
+            "data.format=text",
+            "train.max_steps=3",
+            "train.lr=5.0e-2",
+            "train.eval_every=null",
+            "train.save_every=null",
+            "data.max_eval_examples=4",
+        ],
+    )
+    run_finetune(recipe)
+    return out
+
+
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_export_merges_into_a_plain_model_with_the_same_logits(
+    lora_run: Path, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "merged"
+    proc = run_cli("export", str(lora_run), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "merged" in proc.stdout and str(out) in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
+    assert "adapter_config.json" not in names
+
+    ids = AutoTokenizer.from_pretrained(out)("To be or not to be", return_tensors="pt").input_ids
+    merged = _logits(AutoModelForCausalLM.from_pretrained(out), ids)
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    adapted = _logits(PeftModel.from_pretrained(base, lora_run), ids)
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    # ... and the adapter changed something, so the equality above says something.
+    plain = _logits(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), ids)
+    assert (merged - plain).abs().max() > 1e-3
+
+
+def test_export_refuses_a_full_model_and_an_offline_push(
+    lora_run: Path, tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    proc = run_cli("export", str(tiny_gpt2_dir))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: ") and "no adapter_config.json" in proc.stderr
+    proc = run_cli(
+        "export",
+        str(lora_run),
+        "--output",
+        str(tmp_path / "m"),
+        "--push-to-hub",
+        "me/model",
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "HF_HUB_OFFLINE=1" in proc.stderr
+    assert not (tmp_path / "m").exists()
