@@ -234,6 +234,9 @@ def generate_cmd(
     recipe: Annotated[
         Path | None, typer.Option(help="YAML whose generate: mapping sets decoding options.")
     ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Run Python code shipped with the model. Off unless you trust it.")
+    ] = False,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Most new tokens (default 128).", rich_help_panel=_DECODING)
     ] = None,
@@ -326,6 +329,7 @@ def generate_cmd(
         GenerateRequest(
             prompt=prompt,
             model=model,
+            trust_remote_code=trust_remote_code,
             recipe=recipe,
             flags=flags,
             chat=chat,

@@ -10,6 +10,8 @@ A model reference (`ref`) is any of:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,23 @@ from llmkit import assets
 from llmkit.errors import UsageError
 
 DEFAULT_CAUSAL_LM = "embedded:smollm2"
+
+
+@contextmanager
+def loading(what: str, ref: str, where: str = "") -> Iterator[None]:
+    """Turn transformers' loading errors into one line that names the model and the fix."""
+    prefix = f"{where}: " if where else ""
+    try:
+        yield
+    except OSError as e:
+        raise UsageError(f"{prefix}cannot load {what} {ref}: {str(e).splitlines()[0]}") from e
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise UsageError(
+            f"{prefix}{ref} ships its own Python code, which llmkit does not run unless asked: "
+            "pass --trust-remote-code (or model.trust_remote_code: true) if you trust it"
+        ) from e
 
 
 def resolve_ref(ref: str) -> str:
@@ -68,10 +87,8 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> Any:
     base = adapter_base(path)
     # An adapter folder usually carries the tokenizer too; fall back to the base model's.
     src = path if base is None or (Path(path) / "tokenizer_config.json").exists() else base
-    try:
+    with loading("tokenizer", ref):
         return AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UsageError(f"cannot load tokenizer from {ref}: {str(e).splitlines()[0]}") from e
 
 
 @dataclass
@@ -95,14 +112,12 @@ def load_causal_lm(
     path = resolve_ref(ref)
     base = adapter_base(path)
     torch_dtype = _torch_dtype(dtype)
-    try:
+    with loading("model", ref):
         model: Any = AutoModelForCausalLM.from_pretrained(
             (base and resolve_ref(base)) or path,
             dtype=torch_dtype,
             trust_remote_code=trust_remote_code,
         )
-    except OSError as e:
-        raise UsageError(f"cannot load model {ref}: {str(e).splitlines()[0]}") from e
     if base is not None:
         from peft import PeftModel
 
@@ -138,14 +153,12 @@ def build_model(recipe: Any, tokenizer: Any) -> Any:
     if m.init is not None:
         if m.trust_remote_code:
             print(f"warning: trust_remote_code is on: code shipped with {m.init} will run")
-        try:
+        with loading("model", m.init, "model.init"):
             model = auto.from_pretrained(
                 resolve_ref(m.init),
                 attn_implementation=m.attn_implementation,
                 trust_remote_code=m.trust_remote_code,
             )
-        except OSError as e:
-            raise UsageError(f"model.init: cannot load {m.init}: {str(e).splitlines()[0]}") from e
         check_vocab(model, tokenizer, "model.init")
         return model
 

@@ -414,6 +414,7 @@ class GenerateRequest:
 
     prompt: str | None = None
     model: str | None = None
+    trust_remote_code: bool = False
     recipe: Path | None = None
     flags: dict[str, Any] = field(default_factory=dict)
     chat: bool = False
@@ -449,7 +450,7 @@ def run_generate(req: GenerateRequest) -> None:
     options = resolve_options(req.recipe, req.flags)
     prompts, records = _collect_prompts(req)
     _check_modes(req, options)
-    loaded = _load(req.model)
+    loaded = _load(req.model, trust_remote_code=req.trust_remote_code)
     if req.input is None:
         _generate_one(loaded, prompts[0], options, req)
     else:
@@ -484,14 +485,14 @@ def _check_modes(req: GenerateRequest, options: DecodingConfig) -> None:
         raise UsageError("--stream needs one sequence: drop --num-beams/--num-return-sequences")
 
 
-def _load(ref: str | None) -> LoadedModel:
+def _load(ref: str | None, *, trust_remote_code: bool = False) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     from llmkit.models import DEFAULT_CAUSAL_LM, load_causal_lm
 
     # The "Loading weights" bar would bury the one line that says which model answers.
     hf_logging.disable_progress_bar()
-    loaded = load_causal_lm(ref or DEFAULT_CAUSAL_LM)
+    loaded = load_causal_lm(ref or DEFAULT_CAUSAL_LM, trust_remote_code=trust_remote_code)
     _note(f"model: {loaded.description}")
     return loaded
 

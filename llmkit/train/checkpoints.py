@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from llmkit.errors import UsageError
 from llmkit.runs import RunDir
 
@@ -42,6 +44,17 @@ class AtomicCheckpointsMixin:
         self._staging_dir = str(run_dir / STAGING)
         try:
             super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        except (OSError, SafetensorError) as e:
+            # Disk full (ENOSPC), file-size limit (EFBIG), permissions: the staged folder is
+            # dropped, the checkpoints already in the run folder are untouched. safetensors
+            # reports I/O errors as SafetensorError, not OSError.
+            shutil.rmtree(staged, ignore_errors=True)
+            kept = RunDir(run_dir).checkpoints()
+            last = f"; the last complete one is {kept[-1].name}" if kept else ""
+            raise UsageError(
+                f"cannot write {name} to {run_dir}: {getattr(e, 'strerror', None) or e} "
+                f"(is the disk full?){last}"
+            ) from e
         finally:
             self._staging_dir = None
         state = trainer.state

@@ -79,6 +79,11 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
         out = trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         stop.uninstall()
+        # On an error the bar would otherwise be closed at exit, printing after our message.
+        for cb in trainer.callback_handler.callbacks:
+            if isinstance(cb, ProgressLines) and cb.training_bar is not None:
+                cb.training_bar.close()
+                cb.training_bar = None
     stop.exit_if_interrupted(
         trainer.state.global_step, run.path, main=trainer.args.process_index == 0
     )
