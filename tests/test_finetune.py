@@ -12,46 +12,13 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import run_cli
 
 from llmkit import assets
 from llmkit.config.finetune import FinetuneRecipe, load_finetune_recipe
 from llmkit.config.loader import RECIPES_DIR
 from llmkit.data import sft
 from llmkit.errors import UsageError
-from tests.conftest import run_cli
-
-
-@pytest.fixture(scope="session")
-def smollm2_tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
-    """A random 2-layer Llama (width 32) with SmolLM2's tokenizer and chat template."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = smollm2_tokenizer
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")
