@@ -136,3 +136,30 @@ def test_two_processes_train_one_run_with_the_recipes_global_batch(workdir: Path
     assert m["tokens_seen"] == 6 * 2 * 8 * 64
     assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-6"]
     assert (run / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    ["pretrain/gpt-shakespeare", "pretrain/bert-mlm-shakespeare", "pretrain/llama-shakespeare"],
+)
+def test_shipped_recipe_trains_on_the_full_corpus(name: str, tmp_path: Path) -> None:
+    out = run_cli(
+        "pretrain",
+        name,
+        "--max-steps",
+        "5",
+        "--set",
+        "train.eval_every=null",
+        "--set",
+        "data.max_eval_blocks=8",
+        "--set",
+        "train.save_every=null",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / Path(name).name
+    m = _metrics(run)
+    assert m["steps"] == 5
+    assert m["eval_loss"] < m["eval_loss_before"]
+    assert "1,333,770 tokens" in out.stdout or "tokens ->" in out.stdout
