@@ -120,7 +120,7 @@ CASES: dict[str, Case] = {
     ),
     "CSV missing text column": Case(
         ["prep", TINY, "--set", "data.sources=[d.csv]"],
-        "d.csv: no column 'text' (columns: id, body)",
+        "d.csv:2: no field 'text' (fields: id, body); set data.text_column",
         {"d.csv": "id,body\n1,a\n"},
     ),
     "JSONL row not an object": Case(

@@ -289,15 +289,15 @@ def test_cli_bad_jsonl_exits_2_naming_each_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         "error: 2 problems:",
-        f"  - {src} line 2: not valid JSON (Expecting ',' delimiter at column 18)",
-        f"  - {src} line 3: no field 'prompt' (fields: text); pick one with --field",
+        f"  - {src}:2: malformed JSON (Expecting ',' delimiter at column 18)",
+        f"  - {src}:3: no field 'prompt' (fields: text); pick one with --field",
     ]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--input", "missing.txt"], "error: input file missing.txt does not exist"),
+        (["--input", "missing.txt"], "error: file missing.txt does not exist"),
         (["--input", "empty.txt"], "error: input file empty.txt holds no texts"),
         (["hi", "--top-p", "0"], "error: --top-p: Input should be greater than 0 (got 0.0)"),
         (["hi", "--greedy", "-n", "2"], "num_return_sequences=2 needs sampling or num_beams >= 2"),

@@ -33,7 +33,7 @@ def test_jsonl_and_csv_rows_are_documents(tmp_path: Path) -> None:
     [
         ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', "bad.jsonl:2: malformed JSON"),
         ("cols.jsonl", b'{"body": "x"}\n', "cols.jsonl:1: no field 'text' (fields: body)"),
-        ("cols.csv", b"body\nx\n", "cols.csv: no column 'text' (columns: body)"),
+        ("cols.csv", b"body\nx\n", "cols.csv:2: no field 'text' (fields: body)"),
         ("latin.txt", b"fine line\ncaf\xe9\n", "latin.txt:2: not valid UTF-8"),
         ("empty.txt", b"\n  \n", "the corpus is empty after cleaning"),
     ],

@@ -26,6 +26,7 @@ from llmkit.config.decoding import (
     decoding_from_mapping,
     load_decoding_from_yaml,
 )
+from llmkit.data.records import has_field, read_records, read_text
 from llmkit.errors import UsageError
 from llmkit.models import LoadedModel
 
@@ -33,7 +34,6 @@ from llmkit.models import LoadedModel
 # at max_length=20 tokens *including* the prompt: a 15-token prompt would get 5 new tokens.
 # 128 new tokens is ~9 s for SmolLM2-135M on 2 CPU cores (~15 tokens/s at batch 1).
 DEFAULT_MAX_NEW_TOKENS = 128
-MAX_PROBLEMS = 10  # bad input lines listed before '... and N more'
 
 
 @dataclass
@@ -361,48 +361,26 @@ def read_text_records(
     A JSONL record keeps all its keys (ids, references) so outputs can be joined back;
     its text is `field` (default `default_field`). Every bad line is reported at once.
     """
-    if not path.exists():
-        raise UsageError(f"input file {path} does not exist")
-    if path.is_dir():
-        raise UsageError(f"input file {path} is a folder")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    key = field or default_field
     if path.suffix.lower() in (".jsonl", ".json"):
-        records = _jsonl_records(path, lines, field or default_field)
-        texts = [r[field or default_field] for r in records]
+        has_key = has_field(key, "pick one with --field")
+
+        def check(record: dict[str, Any]) -> str | None:
+            value = record.get(key)
+            if (problem := has_key(record)) is None and not (
+                isinstance(value, str) and value.strip()
+            ):
+                problem = f"field '{key}' must be non-empty text, got {value!r}"
+            return problem
+
+        kept = [record for _, record in read_records(path, check)]
+        texts = [r[key] for r in kept]
     else:
-        texts = [line for line in lines if line.strip()]
-        records = [{default_field: t} for t in texts]
+        texts = [line for line in read_text(path).splitlines() if line.strip()]
+        kept = [{default_field: t} for t in texts]
     if not texts:
         raise UsageError(f"input file {path} holds no texts")
-    return records, texts
-
-
-def _jsonl_records(path: Path, lines: list[str], key: str) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    problems: list[str] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(record).__name__}")
-        elif key not in record:
-            keys = ", ".join(record) or "none"
-            problems.append(f"{where}: no field '{key}' (fields: {keys}); pick one with --field")
-        elif not isinstance(record[key], str) or not record[key].strip():
-            problems.append(f"{where}: field '{key}' must be non-empty text, got {record[key]!r}")
-        else:
-            records.append(record)
-    if len(problems) > MAX_PROBLEMS:  # a file of 10,000 bad lines needs 10 to show the pattern
-        problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more"]
-    if problems:
-        raise UsageError(problems[0], problems=problems)
-    return records
+    return kept, texts
 
 
 # --- the command -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ the first label of every example is -100 so no example is trained to predict the
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from llmkit import assets
+from llmkit.data import records
 from llmkit.data.sources import expand_sources
 from llmkit.errors import UsageError
 
@@ -91,34 +91,15 @@ def read_rows(sources: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
     for src in expand_sources(sources):
         path = Path(src)
-        if path.suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as f:
-                rows += [dict(r) for r in csv.DictReader(f)]
-        elif path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
-            items = json.loads(path.read_text(encoding="utf-8"))
-            rows += [_object(item, f"{path}: item {i}") for i, item in enumerate(items)]
-        elif path.suffix in (".jsonl", ".json"):
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        item = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise UsageError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
-                    rows.append(_object(item, f"{path}:{lineno}"))
-        else:
+        if path.suffix not in records.TABLE_SUFFIXES:
             raise UsageError(
                 f"data.sources: {path} is not .jsonl/.json/.csv (fine-tuning "
                 "reads rows with named columns)"
             )
+        rows += [row for _, row in records.read_records(path)]
     if not rows:
         raise UsageError(f"data.sources: no rows in {', '.join(sources)}")
     return rows
-
-
-def _object(item: Any, where: str) -> Row:
-    if not isinstance(item, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {type(item).__name__}")
-    return item
 
 
 def hash_split(rows: list[Row], fraction: float) -> tuple[list[Row], list[Row]]:

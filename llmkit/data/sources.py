@@ -7,19 +7,18 @@ Documents are kept apart so packing can put an EOS between them.
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import assets
+from llmkit.data import records
 from llmkit.errors import UsageError
 
 TEXT_SUFFIXES = (".txt", ".md")
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+TABLE_SUFFIXES = records.TABLE_SUFFIXES
 HUB_PREFIX = "hub:"
 
 
@@ -122,59 +121,16 @@ def _file_digest(path: str) -> bytes:
 
 
 def _read_text_lines(path: Path) -> list[str]:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UsageError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "re-encode the file, e.g. `iconv -f latin1 -t utf-8`"
-        ) from e
+    return records.read_text(path).splitlines()
 
 
 def _read_rows(src: str, column: str) -> Iterator[str]:
     if src.startswith(HUB_PREFIX):
         yield from _read_hub(src.removeprefix(HUB_PREFIX), column)
         return
-    path = Path(src)
-    if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            if column not in columns:
-                raise UsageError(
-                    f"{path}: no column '{column}' (columns: {', '.join(columns)}); "
-                    "set data.text_column"
-                )
-            for row in reader:
-                yield row[column] or ""
-        return
-    lines = _read_text_lines(path)
-    if path.suffix == ".json" and lines and lines[0].lstrip().startswith("["):
-        rows = json.loads("\n".join(lines))
-        for i, row in enumerate(rows):
-            yield _column(row, column, f"{path}: item {i}")
-        return
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{lineno}: malformed JSON ({e.msg})") from e
-        yield _column(row, column, f"{path}:{lineno}")
-
-
-def _column(row: object, column: str, where: str) -> str:
-    if not isinstance(row, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if column not in row:
-        raise UsageError(
-            f"{where}: no field '{column}' (fields: {', '.join(map(str, row))}); "
-            "set data.text_column"
-        )
-    return str(row[column] or "")
+    check = records.has_field(column, hint="set data.text_column")
+    for _, row in records.read_records(Path(src), check):
+        yield str(row[column] if row[column] is not None else "")
 
 
 def _read_hub(name: str, column: str) -> Iterator[str]:
