@@ -435,7 +435,7 @@ def eval_cmd(
     ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Prompts per generate call.", rich_help_panel=_EVAL_GEN)
-    ] = 8,
+    ] = 32,
     chat: Annotated[
         bool | None,
         typer.Option(

@@ -29,7 +29,9 @@ def _log_steps(run: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if "loss" in r]
 
 
-def test_causal_lm_trains_and_saves_a_model_plain_transformers_loads(workdir: Path) -> None:
+def test_causal_lm_trains_and_saves_a_model_plain_transformers_loads(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = run_cli("pretrain", TINY, "--max-steps", "30", cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     run = workdir / "runs" / "tiny-cpu"
@@ -52,6 +54,20 @@ def test_causal_lm_trains_and_saves_a_model_plain_transformers_loads(workdir: Pa
         loss = model(ids, labels=ids).loss.item()
     assert loss < 10.0  # trained, not random (~10.8)
     assert model.config.vocab_size == 50304  # GPT-2's 50257 padded to a multiple of 64
+
+    # The reported eval loss is the plain mean token loss on the run's validation blocks
+    # (transformers 5's Trainer once made it 63/64 of that: see collate_causal).
+    import yaml
+
+    from llmkit.config.schema import Recipe
+    from llmkit.data.prep import load_prepared
+
+    recipe = Recipe.model_validate(yaml.safe_load((run / "recipe.yaml").read_text()))
+    monkeypatch.chdir(workdir)  # the recipe's sources are relative to where it ran
+    blocks = torch.from_numpy(load_prepared(recipe).validation.astype("int64"))
+    with torch.no_grad():
+        plain = model(blocks, labels=blocks).loss.item()
+    assert abs(plain - m["eval_loss"]) < 1e-4
 
 
 def test_masked_lm_trains_and_saves_a_bert_plain_transformers_loads(workdir: Path) -> None:

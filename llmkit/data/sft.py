@@ -299,7 +299,9 @@ def pad_batch(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     for row, e in enumerate(batch):
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
+        # Label 0 is never a target (the model shifts by one); -100 keeps Trainer's count of
+        # scored tokens exact, as in the packed path below.
+        labels[row, :n] = torch.tensor([IGNORE, *e.labels[1:]])
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
