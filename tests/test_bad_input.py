@@ -163,6 +163,32 @@ CASES: dict[str, Case] = {
             "custom/configuration_custom.py": "open('PWNED', 'w').write('ran')\n",
         },
     ),
+    # --- evaluation ------------------------------------------------------------------------
+    "unknown metric name": Case(
+        ["eval", "--preds", "p.txt", "--refs", "r.txt", "--metrics", "bleu,blue"],
+        "--metrics: unknown metric blue (valid: ",
+        {"p.txt": "a cat\n", "r.txt": "the cat\n"},
+    ),
+    "preds and refs of different lengths": Case(
+        ["eval", "--preds", "p.txt", "--refs", "r.txt"],
+        "p.txt has 2 predictions but r.txt has 3 references",
+        {"p.txt": "a\nb\n", "r.txt": "a\nb\nc\n"},
+    ),
+    "empty predictions file": Case(
+        ["eval", "--preds", "p.txt", "--refs", "r.txt"],
+        "p.txt is empty",
+        {"p.txt": "", "r.txt": "a\n"},
+    ),
+    "eval results already there": Case(
+        ["eval", "--preds", "p.txt", "--refs", "r.txt", "--name", "old"],
+        "metrics.json already exists: pass --overwrite",
+        {"p.txt": "a\n", "r.txt": "a\n", "runs/eval/old/metrics.json": "{}"},
+    ),
+    "generate input with a bad line": Case(
+        ["generate", "--input", "q.jsonl"],
+        "q.jsonl:2: malformed JSON",
+        {"q.jsonl": '{"prompt": "hi"}\n{"prompt": \n'},
+    ),
     # --- run folders -----------------------------------------------------------------------
     "output folder holds a run": Case(
         ["pretrain", TINY, "--output-dir", "runs/old"],

@@ -249,10 +249,10 @@ def bad_input(case: str, tmp: Path) -> list[str]:
         ("counts", "preds.txt has 3 predictions but {tmp}/refs.txt has 2 references"),
         ("empty", "error: {tmp}/empty.txt is empty"),
         ("metric", "--metrics: unknown metric rogue (valid: bleu, chrf, rouge, em, f1,"),
-        ("field", "{tmp}/p.jsonl line 2: no field 'prediction' (fields: pred); pick one"),
-        ("json", "{tmp}/p.jsonl line 3: not valid JSON (Expecting property name enclosed"),
-        ("data", "{tmp}/d.jsonl line 1: no source/target, prompt/completion or question/answer"),
-        ("self-reference", "gen.jsonl line 1: none of the fields reference, target, answer"),
+        ("field", "{tmp}/p.jsonl:2: no field 'prediction' (fields: pred); pick one"),
+        ("json", "{tmp}/p.jsonl:3: malformed JSON (Expecting property name enclosed"),
+        ("data", "{tmp}/d.jsonl:1: no source/target, prompt/completion or question/answer"),
+        ("self-reference", "gen.jsonl:1: none of the fields reference, target, answer"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(case: str, message: str, tmp_path: Path) -> None:

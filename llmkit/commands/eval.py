@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import assets, metrics
+from llmkit.data.records import read_records, read_text
 from llmkit.errors import UsageError
 from llmkit.models import DEFAULT_CAUSAL_LM, LoadedModel
 from llmkit.runs import LATEST_FILE, METRICS_JSON, RunDir, write_json_atomic
@@ -278,77 +279,45 @@ def read_texts(
 ) -> list[str]:
     """One text per line of a .txt file (blank lines kept: an empty prediction is still a
     prediction), or one field per record of a .jsonl file."""
-    lines = _read_lines(path)
+    text = read_text_file(path)
     if not _is_jsonl(path):
+        lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
         return lines
-    records = read_jsonl(path, lines)
-    key = field_name or _pick_field(path, records[0], candidates, flag)
-    return [_text_field(path, number, record, key, flag) for number, record in records]
-
-
-def _read_lines(path: Path) -> list[str]:
-    return read_text_file(path).split("\n")
+    rows = read_records(path)
+    key = field_name or _pick_field(rows[0], candidates, flag)
+    return [_text_field(where, row, key, flag) for where, row in rows]
 
 
 def read_text_file(path: Path) -> str:
     """The whole file; missing, folder, non-UTF-8 and empty files are usage errors."""
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder, expected a .txt or .jsonl file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
+    text = read_text(path)
     if not text.strip():
         raise UsageError(f"{path} is empty")
     return text
 
 
-def read_jsonl(path: Path, lines: list[str]) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line; the first bad line is the error."""
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(
-                f"{path} line {number}: not valid JSON ({e.msg} at column {e.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise UsageError(
-                f"{path} line {number}: expected a JSON object, got {type(record).__name__}"
-            )
-        records.append((number, record))
-    return records
-
-
-def _pick_field(
-    path: Path, first: tuple[int, dict[str, Any]], candidates: tuple[str, ...], flag: str
-) -> str:
-    number, record = first
+def _pick_field(first: tuple[str, dict[str, Any]], candidates: tuple[str, ...], flag: str) -> str:
+    where, record = first
     for name in candidates:
         if name in record:
             return name
     raise UsageError(
-        f"{path} line {number}: none of the fields {', '.join(candidates)} "
+        f"{where}: none of the fields {', '.join(candidates)} "
         f"(fields: {', '.join(record) or 'none'}); pick one with {flag}"
     )
 
 
-def _text_field(path: Path, number: int, record: dict[str, Any], key: str, flag: str) -> str:
+def _text_field(where: str, record: dict[str, Any], key: str, flag: str) -> str:
     if key not in record:
         raise UsageError(
-            f"{path} line {number}: no field '{key}' (fields: {', '.join(record) or 'none'}); "
+            f"{where}: no field '{key}' (fields: {', '.join(record) or 'none'}); "
             f"pick one with {flag}"
         )
     value = record[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise UsageError(f"{path} line {number}: field '{key}' must be text, got {value!r}")
+        raise UsageError(f"{where}: field '{key}' must be text, got {value!r}")
     return str(value)
 
 
@@ -363,29 +332,28 @@ def read_pairs(req: EvalRequest) -> tuple[list[str], list[str], str]:
     path = Path(req.data)
     if not _is_jsonl(path):
         raise UsageError(f"--data {path}: expected a .jsonl file (or {EMBEDDED_CHATTERBOT})")
-    records = read_jsonl(path, _read_lines(path))
-    src_key, tgt_key = _pair_fields(path, records[0], req)
-    sources = [_text_field(path, n, r, src_key, "--source-field") for n, r in records]
-    targets = [_text_field(path, n, r, tgt_key, "--target-field") for n, r in records]
+    read_text_file(path)  # an empty file is an error, not zero pairs
+    records = read_records(path)
+    src_key, tgt_key = _pair_fields(records[0], req)
+    sources = [_text_field(w, r, src_key, "--source-field") for w, r in records]
+    targets = [_text_field(w, r, tgt_key, "--target-field") for w, r in records]
     total = len(sources)
     if req.limit:
         sources, targets = sources[: req.limit], targets[: req.limit]
     return sources, targets, f"{path} ({src_key} -> {tgt_key}, {len(sources)} of {total} rows)"
 
 
-def _pair_fields(
-    path: Path, first: tuple[int, dict[str, Any]], req: EvalRequest
-) -> tuple[str, str]:
+def _pair_fields(first: tuple[str, dict[str, Any]], req: EvalRequest) -> tuple[str, str]:
     if req.source_field or req.target_field:
         return req.source_field or "source", req.target_field or "target"
-    number, record = first
+    where, record = first
     for src, tgt in PAIR_FORMS:
         if src in record and tgt in record:
             return src, tgt
     names = [f"{s}/{t}" for s, t in PAIR_FORMS]
     forms = ", ".join(names[:-1]) + " or " + names[-1]
     raise UsageError(
-        f"{path} line {number}: no {forms} fields (fields: {', '.join(record) or 'none'}); "
+        f"{where}: no {forms} fields (fields: {', '.join(record) or 'none'}); "
         "pick them with --source-field/--target-field"
     )
 
