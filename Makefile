@@ -34,6 +34,16 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
 
+# Benchmarks against the Hugging Face baselines (~20 min on 2 quiet cores; not part of `make test`).
+bench: install
+	$(PY) benchmarks/bench_startup.py
+	$(PY) benchmarks/bench_prep.py
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_pretrain.py
+	$(PY) benchmarks/report.py
+
 lint: install
 	ruff check llmkit tests benchmarks
 	ruff format --check llmkit tests benchmarks
