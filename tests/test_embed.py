@@ -78,7 +78,7 @@ def test_truncates_at_the_models_256_tokens(minilm: tuple[Any, Any, int]) -> Non
     ("args", "message"),
     [
         (["in.txt", "--output", "v.csv"], "error: --output v.csv: use a .npy or .jsonl file name"),
-        (["nope.txt", "--output", "v.npy"], "error: input file nope.txt does not exist"),
+        (["nope.txt", "--output", "v.npy"], "error: file nope.txt does not exist"),
     ],
 )
 def test_cli_bad_usage_exits_2(tmp_path: Path, args: list[str], message: str) -> None:

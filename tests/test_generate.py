@@ -83,6 +83,7 @@ def test_small_batches_keep_input_order(tiny: LoadedModel) -> None:
     assert [c[0] for c in ours] == [first[1], second[0], first[0], second[1]]
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_smollm2_answers(smollm2: LoadedModel) -> None:
     prompts = ["The capital of Italy is", "1, 2, 3, 4,", "Water boils at"]
     one_by_one = [generate_texts(smollm2, [p], greedy(8))[0] for p in prompts]

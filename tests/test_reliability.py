@@ -124,7 +124,10 @@ def test_kill_9_then_resume_equals_uninterrupted(
     assert steps[-1] == 20
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
+)
 def test_signal_saves_a_checkpoint_exits_and_resumes_exactly(
     workdir: Path, uninterrupted: dict, sig: signal.Signals, code: int
 ) -> None:
@@ -217,6 +220,7 @@ def test_checkpoint_checks_name_what_is_wrong(tmp_path: Path) -> None:
     os.remove(ckpt / "optimizer.pt")
 
 
+@pytest.mark.slow
 def test_lora_finetune_killed_and_resumed_equals_uninterrupted(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
