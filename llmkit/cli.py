@@ -159,7 +159,7 @@ def pretrain_cmd(
     run_pretrain(r, resume=resume, overwrite=overwrite)
 
 
-# --- finetune (issue 5) -------------------------------------------------------------------
+# --- finetune ---------------------------------------------------------------------------------
 
 
 @app.command("finetune", context_settings={"allow_interspersed_args": True})
@@ -212,7 +212,7 @@ def export_cmd(
     run_export(run, output=output, push_to_hub=push_to_hub, overwrite=overwrite)
 
 
-# --- generate (issue 4) -------------------------------------------------------------------
+# --- generate ---------------------------------------------------------------------------------
 
 _DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
 
@@ -362,7 +362,7 @@ def embed_cmd(
     run_embed(file, output, model=model, field=field, batch_size=batch_size)
 
 
-# --- eval (issue 4) -----------------------------------------------------------------------
+# --- eval ---------------------------------------------------------------------------------
 
 _EVAL_GEN = "Generation (--data and the default suite)"
 _EVAL_PPL = "Perplexity (--text and the default suite)"
