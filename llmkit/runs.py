@@ -88,6 +88,17 @@ class RunDir:
         except OSError as e:
             raise UsageError(f"output dir {self.path} is not writable: {e.strerror}") from e
 
+    def first_eval_loss(self) -> float | None:
+        """The eval loss logged before training (step 0), so a resumed run can still report
+        "before -> after"."""
+        if not self.metrics_jsonl.exists():
+            return None
+        for line in self.metrics_jsonl.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("step") == 0 and "eval_loss" in record:
+                return float(record["eval_loss"])
+        return None
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_json, metrics)
 

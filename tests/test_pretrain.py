@@ -116,6 +116,9 @@ def test_existing_run_is_refused_then_resumed_from_its_step(workdir: Path) -> No
     # First run logged 1, 10, 20; the resumed one continues at 30, it does not restart at 1.
     assert steps == [1, 10, 20, 30]
     assert _metrics(run)["steps"] == 30
+    # The resumed run still reports the perplexity from before training began.
+    assert "before ->" in resumed.stdout
+    assert _metrics(run)["eval_loss_before"] > _metrics(run)["eval_loss"]
 
 
 def test_resume_without_checkpoint_is_a_clear_error(workdir: Path) -> None:

@@ -81,10 +81,10 @@ def run_pretrain(
         "global_batch_tokens": tokens_per_step,
         "world_size": args.world_size,
     }
-    if not resume:
-        before = trainer.evaluate()["eval_loss"]
+    before = run.first_eval_loss() if resume else trainer.evaluate()["eval_loss"]
+    if before is not None:
         metrics |= {"eval_loss_before": before, "eval_perplexity_before": perplexity(before)}
-        if main:
+        if main and not resume:
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
 
     t0 = time.perf_counter()
