@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ def test_recipes_command_lists_every_shipped_recipe() -> None:
     assert listed == SHIPPED
     assert "pretrain/gpt-shakespeare" in listed
     assert "pretrain/bert-mlm-shakespeare" in listed
+
+
+def test_bare_llmkit_lists_every_command_with_its_whole_summary() -> None:
+    out = run_cli(cwd=REPO)
+    assert out.returncode == 2  # click's convention for a group run without a command
+    commands = ["recipes", "pretrain", "finetune", "export", "generate", "embed", "eval", "prep"]
+    listing = out.stdout.split("Commands:")[1]
+    assert re.findall(r"^  (\w+)", listing, flags=re.MULTILINE) == commands
+    assert "default: small GPT on Shakespeare." in " ".join(listing.split())  # not cut to "..."
+    assert run_cli("--help", cwd=REPO).stdout == out.stdout
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith("pretrain/")])

@@ -9,14 +9,14 @@ default; `lora.enabled: false` trains every weight. The run folder holds the PEF
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from llmkit.config.finetune import FinetuneRecipe
 from llmkit.errors import UsageError
 from llmkit.runs import RunDir
-from llmkit.train.callbacks import perplexity
+from llmkit.train.callbacks import eval_summary, perplexity
 
 # LoRA targets when the recipe names none: every attention projection (the LoRA paper adapts
 # q and v; QLoRA found adapting all of them closes most of the gap to full fine-tuning).
@@ -106,6 +106,7 @@ def run_finetune(
         data_collator=data.collator,
         trainer_cls=_trainer_class(recipe, data, tokenizer),
         compute_metrics=classification_metrics if recipe.task == "classification" else None,
+        show_ppl=recipe.task != "classification",
     )
     metrics: dict[str, Any] = {"task": recipe.task, "lora": recipe.lora.enabled}
     if not resume:
@@ -360,7 +361,10 @@ def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
         # GPT-2's Conv1D stores weights transposed (in x out); peft needs telling.
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: not ours to fix.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def describe_model(model: Any, recipe: FinetuneRecipe) -> str:
@@ -475,15 +479,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _summary(metrics: dict[str, Any]) -> str:
-    parts = [f"eval loss {metrics['eval_loss']:.3f}"]
-    fmt: dict[str, Callable[[float], str]] = {
-        "accuracy": lambda v: f"accuracy {v:.3f}",
-        "macro_f1": lambda v: f"macro-F1 {v:.3f}",
-        "bleu": lambda v: f"BLEU {v:.1f}",
-        "rougeL": lambda v: f"ROUGE-L {v:.1f}",
-    }
-    parts += [f(metrics[f"eval_{k}"]) for k, f in fmt.items() if f"eval_{k}" in metrics]
-    return " | ".join(parts)
+    return eval_summary(metrics, show_ppl=False)
 
 
 def _shown_prompt(row: dict[str, Any], recipe: FinetuneRecipe, rendered: str) -> str:

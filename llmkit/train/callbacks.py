@@ -23,10 +23,12 @@ def perplexity(loss: float) -> float:
 
 
 class ProgressLines(ProgressCallback):
-    """The stock tqdm bar, but with one formatted line per log instead of a raw dict."""
+    """The stock tqdm bar, but with one formatted line per log instead of a raw dict.
+    `show_ppl=False` for classifiers, whose loss is not a per-token language-model loss."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, show_ppl: bool = True) -> None:
         super().__init__()
+        self.show_ppl = show_ppl
         self._t0 = time.perf_counter()
         self._last_time = self._t0
         self._last_tokens = 0
@@ -40,7 +42,7 @@ class ProgressLines(ProgressCallback):
         if not state.is_world_process_zero or not logs:
             return
         enrich(logs, self._tokens_per_second(logs, state))
-        line = format_log(logs, state, self._t0)
+        line = format_log(logs, state, self._t0, show_ppl=self.show_ppl)
         if line is None:
             return
         if self.training_bar is not None:
@@ -69,20 +71,40 @@ def enrich(logs: dict[str, Any], rate: float | None) -> None:
         logs["tokens_per_second"] = round(rate, 1)
 
 
-def format_log(logs: dict[str, Any], state: Any, t0: float) -> str | None:
+# Task metrics shown after the eval loss, in this order, when the evaluation computed them.
+EVAL_METRICS = {
+    "accuracy": "accuracy {:.3f}",
+    "macro_f1": "macro-F1 {:.3f}",
+    "bleu": "BLEU {:.1f}",
+    "rougeL": "ROUGE-L {:.1f}",
+}
+
+
+def eval_summary(logs: dict[str, Any], *, show_ppl: bool = True) -> str:
+    """'eval loss 2.266 | eval ppl 9.6 | BLEU 4.1' from an evaluate() dict."""
+    loss = float(logs["eval_loss"])
+    parts = [f"eval loss {loss:.3f}"]
+    if show_ppl:
+        parts.append(f"eval ppl {perplexity(loss):.1f}")
+    parts += [f.format(logs[f"eval_{k}"]) for k, f in EVAL_METRICS.items() if f"eval_{k}" in logs]
+    return " | ".join(parts)
+
+
+def format_log(logs: dict[str, Any], state: Any, t0: float, *, show_ppl: bool = True) -> str | None:
     step = f"step {state.global_step:>5}/{state.max_steps}"
     elapsed = f"{time.perf_counter() - t0:.1f}s"
     if "loss" in logs:
         loss = float(logs["loss"])
-        parts = [step, f"loss {loss:.3f}", f"ppl {logs['perplexity']:.1f}"]
+        parts = [step, f"loss {loss:.3f}"]
+        if show_ppl:
+            parts.append(f"ppl {logs['perplexity']:.1f}")
         if "learning_rate" in logs:
             parts.append(f"lr {float(logs['learning_rate']):.1e}")
         if "tokens_per_second" in logs:
             parts.append(f"{logs['tokens_per_second']:,.0f} tok/s")
         return " | ".join([*parts, elapsed])
     if "eval_loss" in logs:
-        loss, ppl = float(logs["eval_loss"]), logs["eval_perplexity"]
-        return f"{step} | eval loss {loss:.3f} | eval ppl {ppl:.1f} | {elapsed}"
+        return f"{step} | {eval_summary(logs, show_ppl=show_ppl)} | {elapsed}"
     return None
 
 

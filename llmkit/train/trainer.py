@@ -30,6 +30,7 @@ def build_trainer(
     data_collator: Any,
     trainer_cls: type[Trainer] = Trainer,
     callbacks: list[Any] | None = None,
+    show_ppl: bool = True,
     **trainer_kwargs: Any,
 ) -> Trainer:
     patience = train.early_stopping_patience
@@ -56,7 +57,7 @@ def build_trainer(
     # Replace the raw-dict printers with formatted lines (loss, ppl, lr, tokens/s).
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(ProgressLines())
+    trainer.add_callback(ProgressLines(show_ppl=show_ppl))
     trainer.add_callback(MetricsJsonl(run.metrics_jsonl))
     trainer.add_callback(StopOnSignal())
     return trainer
