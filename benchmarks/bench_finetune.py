@@ -9,7 +9,9 @@ Model: a 4-layer, width-256 Llama built from a config with SmolLM2's tokenizer (
 tokens). SmolLM2-135M itself takes ~10 s a step on 2 cores, too slow for several repetitions;
 packing's gain comes from the tokens it does not compute, which is independent of the width.
 Both sides: the same Trainer, TrainingArguments (llmkit's), model, examples and batch order.
-  packed  llmkit.data.sft.SftCollator(pack=True): a batch becomes one row, positions restart
+  packed  llmkit.data.sft.SftCollator(pack=True): a batch becomes one row, positions restart,
+          and the vocabulary projection runs only where a label is scored (llmkit's default)
+  packed_all_logits  the same rows with logits at every position (llmkit before 2026-11-23)
   padded  transformers' DataCollatorForLanguageModeling(mlm=False), the Hugging Face default:
           right-padded to the longest example of the batch
 Useful tokens = real (non-padding) tokens of the examples that went through the model.
@@ -22,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +79,7 @@ class HFExamples:
         return {"input_ids": self.items[i].input_ids}
 
 
-def run(recipe: Any, tokenizer: Any, data: Any, packed: bool, steps: int, warmup: int) -> float:
+def run(recipe: Any, tokenizer: Any, data: Any, mode: str, steps: int, warmup: int) -> float:
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, set_seed
 
@@ -90,8 +93,8 @@ def run(recipe: Any, tokenizer: Any, data: Any, packed: bool, steps: int, warmup
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             times.append(time.perf_counter())
 
-    if packed:
-        pack = data.collator
+    if mode != "padded":
+        pack = replace(data.collator, scored_logits_only=mode == "packed")
 
         def collator(batch: list[Any]) -> dict[str, Any]:
             useful.append(sum(len(e.input_ids) for e in batch))
@@ -155,8 +158,8 @@ def main() -> None:
     )
     rates = common.interleave(
         {
-            "packed": lambda: run(recipe, tokenizer, data, True, a.steps, a.warmup),
-            "padded": lambda: run(recipe, tokenizer, data, False, a.steps, a.warmup),
+            mode: lambda mode=mode: run(recipe, tokenizer, data, mode, a.steps, a.warmup)
+            for mode in ("packed", "packed_all_logits", "padded")
         },
         a.repeats,
     )
@@ -170,7 +173,10 @@ def main() -> None:
             "useful_tokens_per_s_all": {k: [round(x, 1) for x in v] for k, v in rates.items()},
             "mean_example_tokens": round(sum(lengths) / len(lengths), 1),
         },
-        ratios={"finetune_packed_vs_padded": med["packed"] / med["padded"]},
+        ratios={
+            "finetune_packed_vs_padded": med["packed"] / med["padded"],
+            "finetune_scored_logits_vs_all": med["packed"] / med["packed_all_logits"],
+        },
         targets={"finetune_packed_vs_padded": ">= 2.0"},
         config={
             "steps": a.steps,

@@ -159,6 +159,30 @@ def test_packed_forward_gives_the_padded_loss_and_logits(tiny_llama_dir: Path) -
     assert torch.allclose(a.logits[1, :12], b.logits[0, 7:19], atol=1e-4)
 
 
+def test_logits_only_where_scored_give_the_full_loss_and_gradients(tiny_llama_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert sft.accepts_logits_to_keep(model)
+    batch = [
+        sft.Encoded(list(range(10, 10 + n)), [sft.IGNORE] * 4 + list(range(14, 10 + n)))
+        for n in (7, 12, 9)
+    ]
+    for full in (sft.pad_batch(batch, 0), sft.pack_batch(batch)):
+        kept = sft.keep_scored_logits(full)
+        losses, grads = [], []
+        for inputs in (full, kept):
+            model.zero_grad()
+            out = model(**inputs)
+            out.loss.backward()
+            losses.append(out.loss.item())
+            grads.append(model.model.embed_tokens.weight.grad.clone())
+        # 3 + 8 + 5 scored targets: the vocabulary projection ran for 16 positions, not 28+.
+        assert out.logits.shape[0] == 16 and int(kept["logits_to_keep"].sum()) == 16
+        assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+        assert torch.allclose(grads[1], grads[0], atol=1e-6)
+
+
 def test_packed_and_padded_training_follow_the_same_losses(
     tiny_llama_dir: Path, qa_jsonl: Path, tmp_path: Path
 ) -> None:

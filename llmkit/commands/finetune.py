@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmkit.config.finetune import FinetuneRecipe
@@ -86,6 +86,10 @@ def run_finetune(
     model = load_model(recipe, tokenizer, data.labels)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe)
+    from llmkit.data.sft import SftCollator, accepts_logits_to_keep
+
+    if isinstance(data.collator, SftCollator) and not accepts_logits_to_keep(model):
+        data.collator = replace(data.collator, scored_logits_only=False)
     if main:
         print(describe_model(model, recipe))
         print(
