@@ -10,8 +10,10 @@ tokens). SmolLM2-135M itself takes ~10 s a step on 2 cores, too slow for several
 packing's gain comes from the tokens it does not compute, which is independent of the width.
 Both sides: the same Trainer, TrainingArguments (llmkit's), model, examples and batch order.
   packed  llmkit.data.sft.SftCollator(pack=True): a batch becomes one row, positions restart,
-          and the vocabulary projection runs only where a label is scored (llmkit's default)
-  packed_all_logits  the same rows with logits at every position (llmkit before 2026-11-23)
+          the vocabulary projection runs only where a label is scored, and the cross-entropy
+          is llmkit.train.loss's chunked one: llmkit's path
+  packed_all_logits  the same rows with logits at every position and PyTorch's
+          cross-entropy (llmkit's path before 2026-11-23)
   padded  transformers' DataCollatorForLanguageModeling(mlm=False), the Hugging Face default:
           right-padded to the longest example of the batch
 Useful tokens = real (non-padding) tokens of the examples that went through the model.
@@ -84,6 +86,7 @@ def run(recipe: Any, tokenizer: Any, data: Any, mode: str, steps: int, warmup: i
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, set_seed
 
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.loss import use_chunked_loss
 
     t = recipe.train.model_copy(update={"max_steps": warmup + steps})
     useful: list[int] = []
@@ -114,6 +117,8 @@ def run(recipe: Any, tokenizer: Any, data: Any, mode: str, steps: int, warmup: i
         dataset = HFExamples(data.train.items)
     set_seed(0)
     model = small_llama(tokenizer)
+    if mode == "packed":  # llmkit's Trainer factory gives causal LMs the chunked loss on CPU
+        use_chunked_loss(model)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         args = training_arguments(

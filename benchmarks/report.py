@@ -58,16 +58,18 @@ def chart(data: list[tuple[str, float, float | None, float]], path: Path) -> Non
     ax.axvline(1.0, color="black", linestyle="--", linewidth=1)
     for i, (_, v, g, load) in enumerate(data):
         ax.text(
-            max(scaled[i], 0) + 0.02,
+            max(scaled[i], 0.1) * 1.05,
             i,
             f"{v:.2f} (target {g:g}, load {load:.1f})",
             va="center",
             fontsize=8,
         )
-    ax.set_xlabel("measured / target (>= 1 meets the target)")
+    # Log scale: a 39x cache-hit headroom would otherwise flatten the ratios near 1.
+    ax.set_xscale("log")
+    ax.set_xlabel("measured / target, log scale (>= 1 meets the target)")
     ax.set_title("llmkit benchmarks on 2 CPU cores: ratio to target")
     ax.invert_yaxis()
-    ax.set_xlim(0, max([*scaled, 1.0]) * 1.6)
+    ax.set_xlim(min([*scaled, 1.0]) * 0.5, max([*scaled, 1.0]) * 8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     print(f"wrote {path}")

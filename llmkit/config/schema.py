@@ -161,6 +161,11 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else fp32."
     )
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model; None: on CUDA GPUs only (on the 2-core CPUs we "
+        "measured it ~3x slower, and compiling costs minutes up front).",
+    )
     log_every: int = Field(10, ge=1, description="Optimizer steps between log lines.")
     eval_every: int | None = Field(
         100, ge=1, description="Steps between evaluations on the validation split (None: at end)."

@@ -49,6 +49,7 @@ def training_arguments(
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "tf32": True if on_gpu and torch.cuda.get_device_capability()[0] >= 8 else None,
+        "torch_compile": on_gpu if train.compile is None else train.compile,
         # Fused AdamW has a CPU kernel since torch 2.4 (and is transformers' own default from
         # torch 2.8): one pass over each tensor instead of ~10 foreach passes. On 2 cores the
         # default GPT's optimizer step (7.2M parameters) took ~9 ms fused vs ~78 ms foreach.
