@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,23 @@ class ProgressLines(ProgressCallback):
         self._t0 = self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
+    def on_prediction_step(
+        self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any
+    ) -> None:
+        # A second bar under the training bar moves the cursor up ("\x1b[A"): useful on a
+        # terminal, "[A" litter in a piped or CI log.
+        if self.training_bar is not None and not sys.stderr.isatty():
+            return
+        super().on_prediction_step(args, state, control, eval_dataloader, **kwargs)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return
         enrich(logs, self._tokens_per_second(logs, state))
         line = format_log(logs, state, self._t0, show_ppl=self.show_ppl)
-        if line is None:
+        # The evaluation before training (max_steps still 0) gets the command's own summary
+        # line ("validation perplexity before training: ..."); "step 0/0" would repeat it.
+        if line is None or state.max_steps == 0:
             return
         if self.training_bar is not None:
             self.training_bar.write(line)

@@ -89,7 +89,7 @@ def use_chunked_loss(model: Any) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     on_cpu = next(base.parameters()).device.type == "cpu"
     is_causal = getattr(base, "loss_type", None) in (None, "ForCausalLM")
-    if not (on_cpu and is_causal and hasattr(base, "loss_function")):
+    if not (on_cpu and is_causal and hasattr(type(base), "loss_function")):
         return False
     base.loss_function = causal_lm_loss
     return True
