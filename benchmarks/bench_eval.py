@@ -105,8 +105,7 @@ def main() -> None:
     if a.tiny:
         a.pairs, a.ppl_bytes, a.ppl_compare_bytes, a.repeats = 500, 20_000, 10_000, 1
     common.pin_threads()
-    common.header("eval")
-    load_before = common.load_average()
+    load_before = common.header("eval")
 
     preds, refs = make_pairs(a.pairs)
     scores: dict[str, dict[str, float]] = {}
@@ -205,7 +204,6 @@ def main() -> None:
             "stride": stride,
             "repeats": a.repeats,
             "tiny": a.tiny,
-            "command": "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

@@ -152,8 +152,7 @@ def main() -> None:
     if a.tiny:
         a.steps, a.warmup, a.repeats = 2, 1, 1
     common.pin_threads()
-    common.header("finetune")
-    load_before = common.load_average()
+    load_before = common.header("finetune")
     recipe, tokenizer, data = build(a.batch_size)
     lengths = [len(e.input_ids) for e in data.train.items]
     print(
@@ -190,7 +189,6 @@ def main() -> None:
             "tiny": a.tiny,
             "batch_size": a.batch_size,
             "model": "Llama 4x256 from config, SmolLM2 tokenizer",
-            "command": "python benchmarks/bench_finetune.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

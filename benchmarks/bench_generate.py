@@ -36,8 +36,7 @@ def main() -> None:
     if a.tiny:
         a.new_tokens, a.file_prompts, a.file_new_tokens, a.repeats = 8, 4, 8, 1
     common.pin_threads()
-    common.header("generate")
-    load_before = common.load_average()
+    load_before = common.header("generate")
 
     import torch
 
@@ -126,7 +125,6 @@ def main() -> None:
             "repeats": a.repeats,
             "tiny": a.tiny,
             "model": "SmolLM2-135M-Instruct fp32",
-            "command": "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

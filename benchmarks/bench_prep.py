@@ -33,8 +33,7 @@ def main() -> None:
     if a.tiny:
         a.repeats = 1
     common.pin_threads()
-    common.header("prep")
-    load_before = common.load_average()
+    load_before = common.header("prep")
 
     import datasets
 
@@ -108,7 +107,6 @@ def main() -> None:
             "files": len(files),
             "repeats": a.repeats,
             "tiny": a.tiny,
-            "command": "python benchmarks/bench_prep.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

@@ -256,8 +256,7 @@ def main() -> None:
     if a.tiny:
         a.steps, a.warmup, a.repeats = 2, 1, 1
     common.pin_threads()
-    common.header("pretrain")
-    load_before = common.load_average()
+    load_before = common.header("pretrain")
     if a.skip_speed:
         figures = {"convergence": convergence(a.convergence or 60)}
         conv = figures["convergence"]
@@ -270,7 +269,6 @@ def main() -> None:
             config={
                 "steps": a.convergence or 60,
                 "tiny": False,
-                "command": "python benchmarks/bench_pretrain.py " + " ".join(sys.argv[1:]),
             },
             load_before=load_before,
         )
@@ -361,7 +359,6 @@ def main() -> None:
             "warmup": w,
             "repeats": a.repeats,
             "tiny": a.tiny,
-            "command": "python benchmarks/bench_pretrain.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

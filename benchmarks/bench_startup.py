@@ -34,8 +34,7 @@ def main() -> None:
     a = p.parse_args()
     if a.tiny:
         a.repeats = 2
-    common.header("startup")
-    load_before = common.load_average()
+    load_before = common.header("startup")
     exe = shutil.which("llmkit")
     cli = [exe, "--help"] if exe else [sys.executable, "-m", "llmkit", "--help"]
     runs = {
@@ -64,7 +63,6 @@ def main() -> None:
             "repeats": a.repeats,
             "tiny": a.tiny,
             "command_timed": " ".join(cli),
-            "command": "python benchmarks/bench_startup.py " + " ".join(sys.argv[1:]),
         },
         load_before=load_before,
     )

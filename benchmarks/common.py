@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -111,14 +112,16 @@ def versions() -> dict[str, str]:
     return out
 
 
-def header(name: str) -> None:
-    hw, v = hardware(), versions()
-    print(f"== {name} | {dt.datetime.now():%Y-%m-%d %H:%M} | load {load_average():.2f}")
+def header(name: str) -> float:
+    """Print what runs where; return the 1-minute load average before the benchmark."""
+    hw, v, load = hardware(), versions(), load_average()
+    print(f"== {name} | {dt.datetime.now():%Y-%m-%d %H:%M} | load {load:.2f}")
     print(
         f"   {hw['cpu']}, {hw['cores']} cores, flags {' '.join(hw['flags'])}, "
         f"torch capability {hw['torch_cpu_capability']}, {hw['torch_threads']} threads"
     )
     print("   " + ", ".join(f"{k} {x}" for k, x in v.items()))
+    return load
 
 
 def record(
@@ -130,7 +133,9 @@ def record(
     config: dict[str, Any] | None = None,
     load_before: float | None = None,
 ) -> dict[str, Any]:
-    """Print the ratios and append one entry to results.json (a JSON list)."""
+    """Print the ratios and append one entry to results.json (a JSON list); the config
+    records the command line that produced it."""
+    command = " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     entry = {
         "benchmark": benchmark,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -138,7 +143,7 @@ def record(
         "load_average_1min_after": round(load_average(), 2),
         "hardware": hardware(),
         "versions": versions(),
-        "config": config or {},
+        "config": {**(config or {}), "command": command},
         "figures": figures,
         "ratios": ratios or {},
         "targets": targets or {},

@@ -498,8 +498,10 @@ def _score_windows(
     equal-length windows (no padding, so no attention mask and no position-id questions)."""
     import torch
 
+    from llmkit.models import accepts_logits_to_keep
+
     device = next(model.parameters()).device
-    keeps_logits = _accepts_logits_to_keep(model)
+    keeps_logits = accepts_logits_to_keep(model)
     order = sorted(windows, key=lambda w: (w.end - w.begin, w.targets))
     nll_sum, counted = 0.0, 0
     with torch.inference_mode():
@@ -543,14 +545,6 @@ def _equal_length_batches(windows: list[_Window], batch_tokens: int) -> Iterator
         batch.append(w)
     if batch:
         yield batch
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    """transformers 5 causal LMs take `logits_to_keep`; custom or older models may not."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def model_context_length(model: Any) -> int | None:

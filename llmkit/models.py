@@ -226,3 +226,12 @@ def check_vocab(model: Any, tokenizer: Any, where: str) -> None:
             f"{where}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding "
             f"has {rows:,} rows; use the model's own tokenizer"
         )
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the (possibly peft-wrapped) model's forward takes `logits_to_keep`: transformers
+    5 causal LMs do; custom or older models may not."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -19,6 +19,7 @@ from llmkit.config.finetune import FinetuneRecipe, load_finetune_recipe
 from llmkit.config.loader import RECIPES_DIR
 from llmkit.data import sft
 from llmkit.errors import UsageError
+from llmkit.models import accepts_logits_to_keep
 
 
 @pytest.fixture(scope="session")
@@ -163,7 +164,7 @@ def test_logits_only_where_scored_give_the_full_loss_and_gradients(tiny_llama_di
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    assert sft.accepts_logits_to_keep(model)
+    assert accepts_logits_to_keep(model)
     batch = [
         sft.Encoded(list(range(10, 10 + n)), [sft.IGNORE] * 4 + list(range(14, 10 + n)))
         for n in (7, 12, 9)

@@ -86,7 +86,8 @@ def run_finetune(
     model = load_model(recipe, tokenizer, data.labels)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe)
-    from llmkit.data.sft import SftCollator, accepts_logits_to_keep
+    from llmkit.data.sft import SftCollator
+    from llmkit.models import accepts_logits_to_keep
 
     if isinstance(data.collator, SftCollator) and not accepts_logits_to_keep(model):
         data.collator = replace(data.collator, scored_logits_only=False)
@@ -117,7 +118,7 @@ def run_finetune(
         before = trainer.evaluate()
         metrics |= {f"{k}_before": v for k, v in _scores(before).items()}
         if main:
-            print(f"before training: {_summary(before)}")
+            print(f"before training: {eval_summary(before, show_ppl=False)}")
 
     t0 = time.perf_counter()
     out = fit(trainer, run, resume=resume)
@@ -143,7 +144,8 @@ def run_finetune(
             model.generation_config.save_pretrained(run.path)
         run.write_metrics(metrics)
         run.mark_latest()
-        print(f"after {metrics['steps']} steps ({train_seconds:.0f}s): {_summary(after)}")
+        summary = eval_summary(after, show_ppl=False)
+        print(f"after {metrics['steps']} steps ({train_seconds:.0f}s): {summary}")
         if "majority_baseline_accuracy" in metrics:
             print(f"majority-class baseline accuracy: {metrics['majority_baseline_accuracy']:.3f}")
         if data.sample_prompt is not None:
@@ -480,10 +482,6 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
         out = {"eval_loss": out.pop("loss"), **out}
         out["eval_perplexity"] = perplexity(out["eval_loss"])
     return out
-
-
-def _summary(metrics: dict[str, Any]) -> str:
-    return eval_summary(metrics, show_ppl=False)
 
 
 def _shown_prompt(row: dict[str, Any], recipe: FinetuneRecipe, rendered: str) -> str:

@@ -163,8 +163,8 @@ class TrainConfig(_Section):
     )
     compile: bool | None = Field(
         None,
-        description="torch.compile the model; None: on CUDA GPUs only (on the 2-core CPUs we "
-        "measured it ~3x slower, and compiling costs minutes up front).",
+        description="torch.compile the model; None: on CUDA GPUs only (issue 6 reports it ~3x "
+        "slower on the 2-core CPUs here; not re-measured).",
     )
     log_every: int = Field(10, ge=1, description="Optimizer steps between log lines.")
     eval_every: int | None = Field(

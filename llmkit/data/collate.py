@@ -27,9 +27,10 @@ def collate_causal(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     pad == eos it would set the EOS between documents to -100 and never learn to end one.
 
     Label 0 of each block is set to -100. The model drops it anyway (token t predicts label
-    t+1), but Trainer divides the summed loss by the number of labels that are not -100:
-    with all 64 counted and 63 scored, every loss it reported was 63/64 of the true mean
-    (10.478 instead of 10.644 on a 64-token block).
+    t+1), but Trainer divides the summed loss by the number of labels that are not -100, and
+    transformers 5.23 skips label 0 in that count only for models whose `loss_type` is
+    "ForCausalLM" (GPT-2's is None): with all 64 counted and 63 scored, every loss it reported
+    was 63/64 of the true mean (10.478 instead of 10.644 on a 64-token block).
     """
     ids = torch.stack([e["input_ids"] for e in examples])
     labels = ids.clone()

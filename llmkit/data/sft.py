@@ -283,7 +283,8 @@ class Examples(torch.utils.data.Dataset["Encoded"]):
 class SftCollator:
     """Pad a batch to its longest example (right padding, mask 0, label -100), or with
     `pack` concatenate it into one row of length sum(lengths) with restarting position ids.
-    `scored_logits_only`: see `keep_scored_logits` (needs a model that takes `logits_to_keep`)."""
+    `scored_logits_only`: see `keep_scored_logits` (needs a model that takes `logits_to_keep`,
+    `llmkit.models.accepts_logits_to_keep`)."""
 
     pad_id: int
     pack: bool = False
@@ -308,14 +309,6 @@ def keep_scored_logits(batch: dict[str, Any]) -> dict[str, Any]:
     shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
     keep = shifted != IGNORE
     return {**batch, "logits_to_keep": keep, "shift_labels": shifted[keep]}
-
-
-def accepts_logits_to_keep(model: Any) -> bool:
-    """Whether the (possibly peft-wrapped) model's forward takes `logits_to_keep`."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def pad_batch(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
