@@ -5,15 +5,16 @@
 
 BLEU + ROUGE: 10,000 (prediction, reference) pairs of ~20 words cut from Shakespeare, each
 prediction a perturbed copy of its reference (words dropped and swapped), so scores are
-neither 0 nor 100. llmkit.metrics.bleu + rouge vs what `evaluate`'s "sacrebleu" and "rouge"
-scripts do: sacrebleu.corpus_bleu + rouge_score.RougeScorer(use_stemmer=True) pair by pair.
-The scores must agree.
+neither 0 nor 100. llmkit.evaluation.metrics.bleu + rouge vs what `evaluate`'s "sacrebleu"
+and "rouge" scripts do: sacrebleu.corpus_bleu + rouge_score.RougeScorer(use_stemmer=True)
+pair by pair. The scores must agree.
 
 Perplexity: the default pretraining model (GPT-2 4x128, vocab 50,304, built from a config:
 speed does not depend on the weights) over 1 MB of Shakespeare, windows of 128 tokens with
-stride 64: llmkit.metrics.perplexity_sliding (equal-length windows batched, logits kept only
-for scored positions) once over 1 MB, and against the Hugging Face guide's loop ("Perplexity
-of fixed-length models": one window per forward, labels with -100 for context) on 100 KB.
+stride 64: llmkit.evaluation.perplexity.perplexity_sliding (equal-length windows batched,
+logits kept only for scored positions) once over 1 MB, and against the Hugging Face guide's
+loop ("Perplexity of fixed-length models": one window per forward, labels with -100 for
+context) on 100 KB.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def make_pairs(n: int, words_per_pair: int = 20) -> tuple[list[str], list[str]]:
 
 
 def llmkit_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
-    from llmkit import metrics
+    from llmkit.evaluation import metrics
 
     return {"bleu": metrics.bleu(preds, refs).score, **metrics.rouge(preds, refs)}
 
@@ -59,7 +60,7 @@ def baseline_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    from llmkit.metrics import ROUGE_TYPES, split_sentences
+    from llmkit.evaluation.metrics import ROUGE_TYPES, split_sentences
 
     out = {"bleu": sacrebleu.corpus_bleu(preds, [refs]).score}
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
@@ -111,7 +112,7 @@ def main() -> None:
     scores: dict[str, dict[str, float]] = {}
 
     def run_llmkit() -> float:
-        import llmkit.metrics as m
+        import llmkit.evaluation.metrics as m
 
         m._rouge_scorer.cache_clear()  # each repetition pays the scorer set-up, as a CLI run does
         t0 = time.perf_counter()
@@ -134,11 +135,12 @@ def main() -> None:
 
     from llmkit import assets
     from llmkit.config.loader import load_recipe
+    from llmkit.config.pretrain import PretrainRecipe
     from llmkit.data.prep import load_tokenizer_for
-    from llmkit.metrics import perplexity_sliding
-    from llmkit.models import build_model
+    from llmkit.evaluation.perplexity import perplexity_sliding
+    from llmkit.models.build import build_model
 
-    recipe = load_recipe(None, [], default="pretrain/gpt-shakespeare")
+    recipe = load_recipe(PretrainRecipe, None, [])
     tokenizer = load_tokenizer_for(recipe)
     torch.manual_seed(0)
     model = build_model(recipe, tokenizer).eval()

@@ -9,7 +9,7 @@ Model: a 4-layer, width-256 Llama built from a config with SmolLM2's tokenizer (
 tokens). SmolLM2-135M itself takes ~10 s a step on 2 cores, too slow for several repetitions;
 packing's gain comes from the tokens it does not compute, which is independent of the width.
 Both sides: the same Trainer, TrainingArguments (llmkit's), model, examples and batch order.
-  packed  llmkit.data.sft.SftCollator(pack=True): a batch becomes one row, positions restart,
+  packed  llmkit.data.collate.SftCollator(pack=True): a batch becomes one row, positions restart,
           the vocabulary projection runs only where a label is scored, and the cross-entropy
           is llmkit.train.loss's chunked one: llmkit's path
   packed_all_logits  the same rows with logits at every position and PyTorch's
@@ -35,11 +35,13 @@ import common
 
 
 def build(batch_size: int) -> tuple[Any, Any, Any]:
-    from llmkit.commands.finetune import build_data
-    from llmkit.config.finetune import load_finetune_recipe
-    from llmkit.models import load_tokenizer
+    from llmkit.config.finetune import FinetuneRecipe
+    from llmkit.config.loader import load_recipe
+    from llmkit.data.finetune import build_data
+    from llmkit.models.load import load_tokenizer
 
-    recipe = load_finetune_recipe(
+    recipe = load_recipe(
+        FinetuneRecipe,
         "recipes/finetune/lora-chatterbot.yaml",
         [f"train.batch_size={batch_size}", "train.eval_every=null", "train.save_every=null"],
     )

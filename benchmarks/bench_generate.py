@@ -40,10 +40,11 @@ def main() -> None:
 
     import torch
 
-    from llmkit.commands.generate import generate_with_stats, read_text_records
     from llmkit.config.decoding import DecodingConfig
-    from llmkit.data.sft import chatterbot_rows
-    from llmkit.models import load_causal_lm
+    from llmkit.data.examples import chatterbot_rows
+    from llmkit.inference.generate import generate_with_stats
+    from llmkit.io.files import read_texts
+    from llmkit.models.load import load_causal_lm
 
     loaded = load_causal_lm("embedded:smollm2")
     model, tok = loaded.model, loaded.tokenizer
@@ -73,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prompts.txt"
         path.write_text("\n".join(questions) + "\n")
-        _, prompts = read_text_records(path, None, default_field="prompt")
+        prompts = read_texts(path).texts
     tokens: dict[str, int] = {}
 
     def batched() -> float:

@@ -39,13 +39,14 @@ def main() -> None:
 
     from llmkit import assets
     from llmkit.config.loader import load_recipe
+    from llmkit.config.pretrain import PretrainRecipe
     from llmkit.data.prep import load_tokenizer_for, prepare
 
     datasets.disable_progress_bars()
     files = [str(f) for f in assets.shakespeare_files()]
     if a.tiny:
         files = files[:3]
-    recipe = load_recipe(None, [f"data.sources={files}"], default="pretrain/gpt-shakespeare")
+    recipe = load_recipe(PretrainRecipe, None, [f"data.sources={files}"])
     tokenizer = load_tokenizer_for(recipe)
     block = recipe.data.block_size
     hits: list[float] = []

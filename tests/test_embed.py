@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from llmkit.commands.embed import embed_texts, load_encoder, run_embed
+from llmkit.commands.embed import run_embed
+from llmkit.config.requests import EmbedRequest
+from llmkit.inference.embed import embed_texts
+from llmkit.models.load import load_encoder
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -49,7 +52,7 @@ def test_jsonl_output_holds_text_and_its_vector(
     src.write_text(
         "".join(json.dumps({"id": i, "body": s}) + "\n" for i, s in enumerate(SENTENCES))
     )
-    run_embed(src, tmp_path / "v.jsonl", field="body")
+    run_embed(EmbedRequest(file=src, output=tmp_path / "v.jsonl", field="body"))
     lines = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
     assert [line["text"] for line in lines] == SENTENCES
     model, tok, max_tokens = minilm

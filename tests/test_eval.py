@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 from conftest import run_cli
 
-from llmkit import assets, metrics
-from llmkit.commands.eval import EvalRequest, default_model_ref, run_eval
+from llmkit import assets
+from llmkit.commands.eval import run_eval
+from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.models import load_causal_lm
+from llmkit.evaluation import perplexity
+from llmkit.evaluation.score import default_model_ref
+from llmkit.models.load import load_causal_lm
 
 
 def answers(n: int) -> list[str]:
@@ -174,10 +177,10 @@ def test_perplexity_of_text_files_matches_the_metric_functions(
     saved = read_metrics(tmp_path / "ppl")
     loaded = load_causal_lm(str(tiny_gpt2_dir))
     file_texts = [p.read_text() for p in paths]
-    sliding = metrics.perplexity_sliding(
+    sliding = perplexity.perplexity_sliding(
         loaded.model, loaded.tokenizer, file_texts, max_length=64, stride=32
     )
-    per_doc = metrics.perplexity_per_document(
+    per_doc = perplexity.perplexity_per_document(
         loaded.model, loaded.tokenizer, file_texts, max_length=64
     )
     assert saved["metrics"]["perplexity_sliding"] == pytest.approx(sliding.ppl, rel=1e-6)

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from llmkit.config.finetune import load_finetune_recipe
+from llmkit.config.finetune import FinetuneRecipe
+from llmkit.config.loader import load_recipe
 from tests.conftest import run_cli
 
 
@@ -23,7 +24,8 @@ def lora_run(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         "".join(json.dumps({"text": f"line {i} of the story"}) + "\n" for i in range(40))
     )
     out = tmp_path_factory.mktemp("runs") / "gpt2-lora"
-    recipe = load_finetune_recipe(
+    recipe = load_recipe(
+        FinetuneRecipe,
         None,
         [
             f"model.init={tiny_gpt2_dir}",

@@ -15,11 +15,11 @@ import torch
 from conftest import run_cli
 
 from llmkit import assets
-from llmkit.config.finetune import FinetuneRecipe, load_finetune_recipe
-from llmkit.config.loader import RECIPES_DIR
-from llmkit.data import sft
+from llmkit.config.finetune import FinetuneRecipe
+from llmkit.config.loader import RECIPES_DIR, load_recipe
+from llmkit.data import collate, examples
 from llmkit.errors import UsageError
-from llmkit.models import accepts_logits_to_keep
+from llmkit.models.load import accepts_logits_to_keep
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +44,14 @@ def _recipe(model: Path, out: Path, **sets: Any) -> FinetuneRecipe:
         "data.max_eval_examples=8",
     ]
     overrides += [f"{k}={v}" for k, v in sets.items()]
-    return load_finetune_recipe(None, overrides)
+    return load_recipe(FinetuneRecipe, None, overrides)
 
 
 # --- schema ------------------------------------------------------------------------------
 
 
 def test_default_recipe_is_lora_sft_on_smollm2_with_chatterbot() -> None:
-    r = load_finetune_recipe(None, [])
+    r = load_recipe(FinetuneRecipe, None, [])
     assert (r.task, r.base_model, r.lora.enabled) == ("sft", "embedded:smollm2", True)
     assert r.data.sources == ["embedded:chatterbot"] and r.data.format == "chat"
     assert r.completion_only_loss
@@ -64,21 +64,21 @@ def test_every_shipped_finetune_recipe_validates_and_opens_with_its_command() ->
         lines = f.read_text().splitlines()
         assert lines[0] == f"# llmkit finetune recipes/finetune/{f.name}"
         assert "--set" in lines[1]
-        load_finetune_recipe(f, [])
+        load_recipe(FinetuneRecipe, f, [])
 
 
 def test_classification_defaults_to_minilm_and_rejects_a_generation_metric() -> None:
     assert FinetuneRecipe(task="classification").base_model == "embedded:minilm"
     topics = RECIPES_DIR / "finetune" / "minilm-topics.yaml"
     with pytest.raises(UsageError, match="metric_for_best_model: 'bleu' is not reported"):
-        load_finetune_recipe(topics, ["eval.metric_for_best_model=bleu"])
+        load_recipe(FinetuneRecipe, topics, ["eval.metric_for_best_model=bleu"])
 
 
 def test_unknown_key_names_the_valid_ones() -> None:
     with pytest.raises(
         UsageError, match=r"lora.rank: unknown key \(valid: enabled, r, alpha, dropout"
     ):
-        load_finetune_recipe(None, ["lora.rank=8"])
+        load_recipe(FinetuneRecipe, None, ["lora.rank=8"])
 
 
 # --- rendering and masking -----------------------------------------------------------------
@@ -90,13 +90,13 @@ def test_chat_labels_mask_exactly_the_rendered_prompt(smollm2_tokenizer: Any) ->
         {"role": "user", "content": "What is AI?"},
         {"role": "assistant", "content": "Artificial intelligence."},
     ]
-    segments = sft.chat_segments(tok, messages)
-    enc = sft.encode_segments(
+    segments = examples.chat_segments(tok, messages)
+    enc = examples.encode_segments(
         tok, segments, max_length=512, completion_only=True, add_special_tokens=False
     )
     prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
-    assert enc.labels[:n_prompt] == [sft.IGNORE] * n_prompt
+    assert enc.labels[:n_prompt] == [collate.IGNORE_INDEX] * n_prompt
     assert enc.labels[n_prompt:] == enc.input_ids[n_prompt:]
     assert tok.decode(enc.input_ids[n_prompt:]) == "Artificial intelligence.<|im_end|>\n"
     # The whole example is exactly the template's rendering of the chat.
@@ -112,26 +112,26 @@ def test_multi_turn_sharegpt_trains_every_assistant_turn(smollm2_tokenizer: Any)
             {"from": "gpt", "value": "Later"},
         ]
     }
-    msgs = sft.chat_messages(row, None, "row 1")
-    enc = sft.encode_segments(
+    msgs = examples.chat_messages(row, None, "row 1")
+    enc = examples.encode_segments(
         smollm2_tokenizer,
-        sft.chat_segments(smollm2_tokenizer, msgs),
+        examples.chat_segments(smollm2_tokenizer, msgs),
         max_length=512,
         completion_only=True,
         add_special_tokens=False,
     )
     trained = smollm2_tokenizer.decode(
-        [t for t, y in zip(enc.input_ids, enc.labels, strict=True) if y != sft.IGNORE]
+        [t for t, y in zip(enc.input_ids, enc.labels, strict=True) if y != collate.IGNORE_INDEX]
     )
     assert trained == "Hello<|im_end|>\nLater<|im_end|>\n"
 
 
 def test_completion_only_off_trains_on_the_prompt_too(smollm2_tokenizer: Any) -> None:
     segs = [("Q: hi\nA: ", False), ("hello<|im_end|>", True)]
-    on = sft.encode_segments(smollm2_tokenizer, segs, max_length=64, completion_only=True)
-    off = sft.encode_segments(smollm2_tokenizer, segs, max_length=64, completion_only=False)
+    on = examples.encode_segments(smollm2_tokenizer, segs, max_length=64, completion_only=True)
+    off = examples.encode_segments(smollm2_tokenizer, segs, max_length=64, completion_only=False)
     n_prompt = len(smollm2_tokenizer("Q: hi\nA: ")["input_ids"])
-    assert on.labels.count(sft.IGNORE) == n_prompt
+    assert on.labels.count(collate.IGNORE_INDEX) == n_prompt
     assert off.labels == off.input_ids
 
 
@@ -148,10 +148,12 @@ def test_packed_forward_gives_the_padded_loss_and_logits(tiny_llama_dir: Path) -
     for p in model.parameters():
         p.data.normal_(0, 0.5)
     batch = [
-        sft.Encoded(list(range(10, 10 + n)), [sft.IGNORE] * 3 + list(range(13, 10 + n)))
+        examples.Encoded(
+            list(range(10, 10 + n)), [collate.IGNORE_INDEX] * 3 + list(range(13, 10 + n))
+        )
         for n in (7, 12, 9)
     ]
-    padded, packed = sft.pad_batch(batch, 0), sft.pack_batch(batch)
+    padded, packed = collate.pad_batch(batch, 0), collate.pack_batch(batch)
     with torch.no_grad():
         a = model(**padded)
         b = model(**packed)
@@ -166,11 +168,13 @@ def test_logits_only_where_scored_give_the_full_loss_and_gradients(tiny_llama_di
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert accepts_logits_to_keep(model)
     batch = [
-        sft.Encoded(list(range(10, 10 + n)), [sft.IGNORE] * 4 + list(range(14, 10 + n)))
+        examples.Encoded(
+            list(range(10, 10 + n)), [collate.IGNORE_INDEX] * 4 + list(range(14, 10 + n))
+        )
         for n in (7, 12, 9)
     ]
-    for full in (sft.pad_batch(batch, 0), sft.pack_batch(batch)):
-        kept = sft.keep_scored_logits(full)
+    for full in (collate.pad_batch(batch, 0), collate.pack_batch(batch)):
+        kept = collate.keep_scored_logits(full)
         losses, grads = [], []
         for inputs in (full, kept):
             model.zero_grad()
@@ -356,7 +360,9 @@ def test_minilm_topic_classifier_beats_the_majority_baseline(tmp_path: Path) -> 
     from llmkit.commands.finetune import run_finetune
 
     topics = RECIPES_DIR / "finetune" / "minilm-topics.yaml"
-    result = run_finetune(load_finetune_recipe(topics, [f"train.output_dir={tmp_path / 'c'}"]))
+    result = run_finetune(
+        load_recipe(FinetuneRecipe, topics, [f"train.output_dir={tmp_path / 'c'}"])
+    )
     m = result.metrics
     assert m["accuracy"] > m["majority_baseline_accuracy"] + 0.1, m
     assert m["accuracy"] > m["accuracy_before"] and 0 < m["macro_f1"] <= 1

@@ -15,19 +15,25 @@ from typing import Any
 import pytest
 from conftest import REPO, run_cli
 
-from llmkit.commands.generate import (
-    GenerateRequest,
+from llmkit.cli import parse
+from llmkit.commands.generate import run_generate
+from llmkit.config.decoding import DecodingConfig, layered, load_decoding_from_yaml
+from llmkit.config.requests import GenerateRequest
+from llmkit.errors import UsageError
+from llmkit.inference.generate import (
     encode_prompts,
     generate_texts,
     generate_with_stats,
     length_sorted_batches,
     make_streamer,
-    resolve_options,
-    run_generate,
 )
-from llmkit.config.decoding import DecodingConfig, load_decoding_from_yaml
-from llmkit.errors import UsageError
-from llmkit.models import LoadedModel, load_causal_lm
+from llmkit.models.load import LoadedModel, load_causal_lm
+
+
+def resolve_options(recipe: Path | str | None, flags: dict[str, Any]) -> DecodingConfig:
+    """What `llmkit generate --recipe R <flags>` decodes with (the model's config aside)."""
+    return layered(recipe, parse(GenerateRequest, flags).decoding())
+
 
 PROMPTS = ["The king said", "Hi", "A much longer prompt that goes on and on about the sea", "Yes"]
 
@@ -207,7 +213,10 @@ def test_greedy_flag_drops_a_recipes_sampling_knobs(tmp_path: Path, tiny: Loaded
             "generate:\n  temperature: 0\n",
             "generate.temperature: must be > 0; for deterministic output use greedy",
         ),
-        ("generate:\n  temprature: 0.7\n", "generate.temprature: unknown option (valid: "),
+        (
+            "generate:\n  temprature: 0.7\n",
+            "generate.temprature: unknown key; did you mean 'temperature'?",
+        ),
         ("generate:\n  max_new_tokens: many\n", "generate.max_new_tokens: Input should be"),
         ("generate: [1, 2]\n", "generate: expected a mapping"),
     ],
@@ -257,10 +266,13 @@ def test_file_keeps_order_and_writes_one_line_per_input(
     req = GenerateRequest(
         model=str(tiny_gpt2_dir),
         input=src,
-        prompt_field="question",
+        field="question",
         output=out,
         batch_size=2,
-        flags={"max_new_tokens": 6, "do_sample": True, "num_return_sequences": 2, "seed": 0},
+        max_new_tokens=6,
+        do_sample=True,
+        num_return_sequences=2,
+        seed=0,
     )
     run_generate(req)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -299,7 +311,7 @@ def test_cli_bad_jsonl_exits_2_naming_each_line(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--input", "missing.txt"], "error: file missing.txt does not exist"),
-        (["--input", "empty.txt"], "error: input file empty.txt holds no texts"),
+        (["--input", "empty.txt"], "error: empty.txt is empty: it holds no texts"),
         (["hi", "--top-p", "0"], "error: --top-p: Input should be greater than 0 (got 0.0)"),
         (["hi", "--greedy", "-n", "2"], "num_return_sequences=2 needs sampling or num_beams >= 2"),
         (["hi", "--system", "be brief"], "error: --system needs --chat"),

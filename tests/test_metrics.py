@@ -1,4 +1,4 @@
-"""llmkit.metrics gives the numbers the reference libraries give on the same data.
+"""llmkit.evaluation gives the numbers the reference libraries give on the same data.
 
 BLEU/chrF are checked against sacreBLEU, ROUGE against rouge-score, perplexity against the
 model's own loss window by window; EM/F1 against answers worked out by hand.
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from llmkit import assets, metrics
+from llmkit import assets
 from llmkit.errors import UsageError
-from llmkit.models import LoadedModel, load_causal_lm
+from llmkit.evaluation import metrics, perplexity
+from llmkit.models.load import LoadedModel, load_causal_lm
 
 
 def shakespeare_sentences(n: int) -> list[str]:
@@ -213,7 +214,9 @@ def test_sliding_perplexity_equals_the_models_own_loss(tiny: LoadedModel, texts:
     n_tokens = len(tiny.tokenizer("\n\n".join(texts))["input_ids"])
     assert n_tokens % 16 != 0  # the last window is a short one
 
-    result = metrics.perplexity_sliding(tiny.model, tiny.tokenizer, texts, max_length=48, stride=16)
+    result = perplexity.perplexity_sliding(
+        tiny.model, tiny.tokenizer, texts, max_length=48, stride=16
+    )
 
     expected = direct_sliding_nll(tiny, "\n\n".join(texts), 48, 16)
     assert result.nll == pytest.approx(expected, rel=1e-5)
@@ -237,17 +240,17 @@ def test_per_document_perplexity_equals_the_models_own_loss(
                 total += float(tiny.model(chunk, labels=chunk).loss) * (chunk.size(1) - 1)
             count += chunk.size(1) - 1
 
-    result = metrics.perplexity_per_document(tiny.model, tiny.tokenizer, texts, max_length=48)
+    result = perplexity.perplexity_per_document(tiny.model, tiny.tokenizer, texts, max_length=48)
 
     assert result.tokens == count
     assert result.ppl == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
 def test_batch_size_does_not_change_perplexity(tiny: LoadedModel, texts: list[str]) -> None:
-    one = metrics.perplexity_sliding(
+    one = perplexity.perplexity_sliding(
         tiny.model, tiny.tokenizer, texts, max_length=48, stride=16, batch_tokens=48
     )
-    many = metrics.perplexity_sliding(
+    many = perplexity.perplexity_sliding(
         tiny.model, tiny.tokenizer, texts, max_length=48, stride=16, batch_tokens=4096
     )
     assert many.ppl == pytest.approx(one.ppl, rel=1e-5)
@@ -256,14 +259,16 @@ def test_batch_size_does_not_change_perplexity(tiny: LoadedModel, texts: list[st
 
 def test_windows_score_every_token_after_the_first_exactly_once() -> None:
     for n, length, stride in [(100, 32, 8), (100, 32, 31), (33, 32, 16), (5, 32, 16)]:
-        windows = metrics.sliding_windows(n, length, stride)
+        windows = perplexity.sliding_windows(n, length, stride)
         scored = [t for begin, end, k in windows for t in range(max(end - k, begin + 1), end)]
         assert scored == list(range(1, n)), (n, length, stride)
     # Without overlap each chunk's first token has no context: 0, 32, 64 and 96 go unscored.
-    chunks = metrics.sliding_windows(100, 32, 32)
+    chunks = perplexity.sliding_windows(100, 32, 32)
     assert [(b, e) for b, e, _ in chunks] == [(0, 32), (32, 64), (64, 96), (96, 100)]
 
 
 def test_stride_longer_than_the_window_is_refused(tiny: LoadedModel) -> None:
-    with pytest.raises(UsageError, match=r"--stride must be between 1 and --max-length \(32\)"):
-        metrics.perplexity_sliding(tiny.model, tiny.tokenizer, ["a b c"], max_length=32, stride=64)
+    with pytest.raises(UsageError, match=r"stride must be between 1 and max_length \(32\)"):
+        perplexity.perplexity_sliding(
+            tiny.model, tiny.tokenizer, ["a b c"], max_length=32, stride=64
+        )

@@ -59,10 +59,10 @@ def test_causal_lm_trains_and_saves_a_model_plain_transformers_loads(
     # (transformers 5's Trainer once made it 63/64 of that: see collate_causal).
     import yaml
 
-    from llmkit.config.schema import Recipe
+    from llmkit.config.pretrain import PretrainRecipe
     from llmkit.data.prep import load_prepared
 
-    recipe = Recipe.model_validate(yaml.safe_load((run / "recipe.yaml").read_text()))
+    recipe = PretrainRecipe.model_validate(yaml.safe_load((run / "recipe.yaml").read_text()))
     monkeypatch.chdir(workdir)  # the recipe's sources are relative to where it ran
     blocks = torch.from_numpy(load_prepared(recipe).validation.astype("int64"))
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_shipped_recipe_trains_on_the_full_corpus(name: str, tmp_path: Path) -> 
 
 
 def test_gpu_only_choices_follow_detection(tmp_path: Path) -> None:
-    from llmkit.config.schema import TrainConfig
+    from llmkit.config.recipe import TrainConfig
     from llmkit.train.arguments import training_arguments
 
     args = training_arguments(TrainConfig(), tmp_path)

@@ -11,16 +11,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmkit.config.loader import apply_override, load_recipe, validate
-from llmkit.config.schema import Recipe
+from llmkit.config.base import apply_override, validate
+from llmkit.config.loader import load_recipe
+from llmkit.config.pretrain import PretrainRecipe
 from llmkit.errors import UsageError
 
 SECTIONS = {
     name: list(f.annotation.model_fields)  # type: ignore[union-attr]
-    for name, f in Recipe.model_fields.items()
+    for name, f in PretrainRecipe.model_fields.items()
     if hasattr(f.annotation, "model_fields")
 }
-KEYS = st.sampled_from([*Recipe.model_fields, "trian", "lr", ""])
+KEYS = st.sampled_from([*PretrainRecipe.model_fields, "trian", "lr", ""])
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -54,13 +55,13 @@ def _loads_or_usage_error(text: str, overrides: list[str] = []) -> None:  # noqa
         path = Path(d) / "r.yaml"
         path.write_text(text, encoding="utf-8")
         try:
-            recipe = load_recipe(path, overrides, default="pretrain/gpt-shakespeare")
+            recipe = load_recipe(PretrainRecipe, path, overrides)
         except UsageError as e:
             assert str(e) and all(p.strip() for p in e.problems)
             assert e.render().startswith("error: ")
         else:
-            assert isinstance(recipe, Recipe)
-            Recipe.model_validate(yaml.safe_load(recipe.to_yaml()))  # round-trips
+            assert isinstance(recipe, PretrainRecipe)
+            PretrainRecipe.model_validate(yaml.safe_load(recipe.to_yaml()))  # round-trips
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -101,6 +102,6 @@ def test_override_of_a_real_field_with_any_value(path: str, value: Any) -> None:
     data: dict[str, Any] = {}
     try:
         apply_override(data, f"{path}={yaml.safe_dump(value, default_flow_style=True).strip()}")
-        validate(data, Recipe, source="cli")
+        validate(PretrainRecipe, data, prefix="cli: ")
     except UsageError as e:
         assert e.render().startswith("error: ")

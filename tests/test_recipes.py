@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli
 
-from llmkit.config.loader import apply_override, list_recipes, load_recipe
+from llmkit.config.base import apply_override
+from llmkit.config.finetune import FinetuneRecipe
+from llmkit.config.loader import list_recipes, load_recipe
+from llmkit.config.pretrain import PretrainRecipe
+from llmkit.config.recipe import TrainConfig
 from llmkit.errors import UsageError
 
 SHIPPED = [name for name, _ in list_recipes()]
@@ -35,7 +39,7 @@ def test_bare_llmkit_lists_every_command_with_its_whole_summary() -> None:
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith("pretrain/")])
 def test_pretrain_recipe_validates(name: str) -> None:
-    recipe = load_recipe(name, [], default="pretrain/gpt-shakespeare")
+    recipe = load_recipe(PretrainRecipe, name, [])
     assert recipe.name == Path(name).name
     # The file opens with the command that runs it.
     first = (REPO / "recipes" / f"{name}.yaml").read_text().splitlines()[0]
@@ -123,3 +127,65 @@ def test_unknown_recipe_name_suggests_the_close_one() -> None:
     out = run_cli("pretrain", "pretrain/gpt-shakespear", "--dry-run", cwd=REPO)
     assert out.returncode == 2
     assert "did you mean pretrain/gpt-shakespeare?" in out.stderr
+
+
+# --- defaults per recipe kind, field by field ------------------------------------------------
+
+TRAINING = [n for n in SHIPPED if n.startswith(("pretrain/", "finetune/"))]
+# Values tried for a field, in order; the first that is valid and differs from the recipe's.
+CANDIDATES = ["3", "7", "0.5", "0.25", "true", "false", "null", "runs/other", "linear", "fp32"]
+
+
+def _schema(name: str) -> type[PretrainRecipe] | type[FinetuneRecipe]:
+    return FinetuneRecipe if name.startswith("finetune/") else PretrainRecipe
+
+
+# Recipes with no `train:` section: the kind's defaults alone (where issue 17's bug lived).
+BARE = {
+    f"finetune/bare-{task}": f"task: {task}\n" for task in ("sft", "text2text", "classification")
+}
+
+
+@pytest.mark.parametrize("name", [*TRAINING, *BARE])
+def test_setting_one_train_field_leaves_every_other_resolved_value(
+    name: str, tmp_path: Path
+) -> None:
+    """Issue 17: `--max-steps 10` once swapped every fine-tuning default for pretraining's."""
+    schema = _schema(name)
+    if name in BARE:
+        (tmp_path / "bare.yaml").write_text(BARE[name])
+        name = str(tmp_path / "bare.yaml")
+    base = load_recipe(schema, name).model_dump()
+    tried = 0
+    for field in TrainConfig.model_fields:
+        for raw in CANDIDATES:
+            try:
+                changed = load_recipe(schema, name, [f"train.{field}={raw}"]).model_dump()
+            except UsageError:
+                continue
+            if changed["train"][field] == base["train"][field]:
+                continue
+            others = {k: v for k, v in changed["train"].items() if k != field}
+            assert others == {k: v for k, v in base["train"].items() if k != field}, field
+            assert {k: v for k, v in changed.items() if k != "train"} == {
+                k: v for k, v in base.items() if k != "train"
+            }
+            tried += 1
+            break
+    assert tried == len(TrainConfig.model_fields)  # every field was changed once
+
+
+def test_fine_tuning_keeps_its_defaults_when_a_train_section_is_given(tmp_path: Path) -> None:
+    recipe = tmp_path / "t2t.yaml"
+    recipe.write_text("task: text2text\ntrain:\n  max_steps: 10\n")
+    t = load_recipe(FinetuneRecipe, recipe).train
+    assert (t.lr, t.weight_decay, t.adam_beta2, t.eval_every, t.save_every) == (
+        2.0e-4,
+        0.0,
+        0.999,
+        50,
+        50,
+    )
+    assert t.max_steps == 10
+    pretrain = load_recipe(PretrainRecipe, None, ["train.max_steps=10"]).train
+    assert (pretrain.weight_decay, pretrain.adam_beta2) == (0.1, 0.95)  # the recipe's own

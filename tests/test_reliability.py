@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
-from llmkit.runs import RunDir
+from llmkit.io.runs import RunDir
 from llmkit.train.checkpoints import checkpoint_problem
 
 TINY = str(REPO / "recipes/pretrain/tiny-cpu.yaml")

@@ -1,7 +1,8 @@
-"""`llmkit pretrain`: setup -> evaluate -> train -> evaluate -> save.
+"""`llmkit pretrain`: setup -> train (evaluate, fit, evaluate) -> save.
 
 Causal LM (GPT-2/Llama from a config, or continued from `model.init`) on packed blocks, or
 masked LM (BERT) on sentence-packed blocks with `DataCollatorForLanguageModeling` masking.
+`setup` builds everything and returns the job, so benchmarks time exactly what users run.
 """
 
 from __future__ import annotations
@@ -10,23 +11,45 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from llmkit.config.schema import Recipe
-from llmkit.data.prep import PreparedData, load_tokenizer_for, prepare
-from llmkit.runs import RunDir
+from llmkit.config.pretrain import PretrainRecipe
+from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import perplexity
 
 
 @dataclass
-class PretrainResult:
+class PretrainJob:
+    recipe: PretrainRecipe
     run: RunDir
-    metrics: dict[str, Any]
+    trainer: Any  # transformers.Trainer
+    resume: bool
+    main: bool  # the process that prints and saves (rank 0)
 
 
 def run_pretrain(
-    recipe: Recipe, *, resume: bool = False, overwrite: bool = False
-) -> PretrainResult:
-    from llmkit.models import build_model
+    recipe: PretrainRecipe, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    job = setup(recipe, resume=resume, overwrite=overwrite)
+    metrics = train(job)
+    save(job, metrics)
+    return metrics
+
+
+def setup(
+    recipe: PretrainRecipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[Any] | None = None,
+    **args_overrides: Any,
+) -> PretrainJob:
+    """Run folder, tokenizer, data (from the prep cache), model and Trainer."""
+    from transformers import set_seed
+
+    from llmkit.data.collate import pretraining_datasets
+    from llmkit.data.prep import load_tokenizer_for, prepare
+    from llmkit.models.build import build_model
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.trainer import build_trainer
 
     run = RunDir(recipe.output_dir)
     run.check(resume=resume, overwrite=overwrite)  # every rank agrees before anything is written
@@ -37,105 +60,87 @@ def run_pretrain(
         load_best=t.early_stopping_patience is not None,
         # Sentence-packed MLM blocks are padded: count only real tokens for tokens/s.
         include_num_input_tokens_seen="non_padding" if recipe.task == "masked_lm" else "all",
+        **args_overrides,
     )
     main = args.process_index == 0
-
     with args.main_process_first(desc="run folder and data prep"):
         if main:
             run.create(overwrite=overwrite and not resume)
-            run.recipe_file.write_text(recipe.to_yaml())
+            run.write_recipe(recipe.to_yaml())
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
 
-    from transformers import set_seed
-
     set_seed(t.seed)  # before the model is built: initial weights follow train.seed
     model = build_model(recipe, tokenizer)
-    train_ds, eval_ds, collator = _datasets(recipe, data, tokenizer)
-    tokens_per_step = t.batch_size * args.world_size * t.grad_accum * recipe.data.block_size
     if main:
         n_params = sum(p.numel() for p in model.parameters())
+        blocks = t.batch_size * args.world_size * t.grad_accum
         print(
             f"model: {type(model).__name__}, {n_params / 1e6:.2f}M parameters "
             f"({'continued from ' + recipe.model.init if recipe.model.init else 'from config'})"
         )
         print(
             f"global batch: {t.batch_size} per device x {args.world_size} device(s) x "
-            f"{t.grad_accum} accumulation = {t.batch_size * args.world_size * t.grad_accum} "
-            f"blocks = {tokens_per_step:,} tokens/step"
+            f"{t.grad_accum} accumulation = {blocks} blocks = "
+            f"{blocks * recipe.data.block_size:,} tokens/step"
         )
+    datasets = pretraining_datasets(recipe, data, tokenizer)
+    trainer = build_trainer(model, tokenizer, args, run, t, datasets, callbacks=callbacks)
+    return PretrainJob(recipe, run, trainer, resume, main)
 
-    from llmkit.train.trainer import build_trainer, fit
 
-    trainer = build_trainer(
-        model=model,
-        tokenizer=tokenizer,
-        args=args,
-        train=t,
-        run=run,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=collator,
-    )
+def train(job: PretrainJob) -> dict[str, Any]:
+    """Validation loss before (or, resuming, as first logged), training, validation after."""
+    from llmkit.train.trainer import fit
+
+    trainer, t = job.trainer, job.recipe.train
+    args = trainer.args
     metrics: dict[str, Any] = {
-        "global_batch_tokens": tokens_per_step,
+        "global_batch_tokens": t.batch_size
+        * args.world_size
+        * t.grad_accum
+        * job.recipe.data.block_size,
         "world_size": args.world_size,
     }
-    before = run.first_eval_loss() if resume else trainer.evaluate()["eval_loss"]
+    before = job.run.first_eval_loss() if job.resume else trainer.evaluate()["eval_loss"]
     if before is not None:
         metrics |= {"eval_loss_before": before, "eval_perplexity_before": perplexity(before)}
-        if main and not resume:
+        if job.main and not job.resume:
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
-
     t0 = time.perf_counter()
-    out = fit(trainer, run, resume=resume)
-    train_seconds = time.perf_counter() - t0
+    out = fit(trainer, job.run, resume=job.resume)
     after = trainer.evaluate()["eval_loss"]
-    metrics |= {
+    return metrics | {
         "train_loss": out.training_loss,
         "steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(time.perf_counter() - t0, 1),
         "tokens_seen": trainer.state.num_input_tokens_seen,
         "eval_loss": after,
         "eval_perplexity": perplexity(after),
     }
-    trainer.save_model()  # main process only: model + tokenizer, safetensors
-    if main:
-        if recipe.task == "causal_lm":
-            model.generation_config.save_pretrained(run.path)
-        run.write_metrics(metrics)
-        run.mark_latest()
-        if "eval_perplexity_before" in metrics:
-            print(
-                f"validation perplexity: {metrics['eval_perplexity_before']:,.1f} before -> "
-                f"{metrics['eval_perplexity']:,.1f} after {metrics['steps']} steps "
-                f"({train_seconds:.0f}s)"
-            )
-        else:
-            print(f"validation perplexity after {metrics['steps']} steps: {perplexity(after):,.1f}")
-        print(f"saved model to {run.path}")
-        if recipe.task == "causal_lm":
-            print(f'try it: llmkit generate --model {run.path} "ROMEO:"')
-    return PretrainResult(run=run, metrics=metrics)
 
 
-def _datasets(recipe: Recipe, data: PreparedData, tokenizer: Any) -> tuple[Any, Any, Any]:
-    from llmkit.data.collate import CausalBlocks, MaskedBlocks, MaskedLMCollator, collate_causal
-
-    if recipe.task == "causal_lm":
-        return CausalBlocks(data.train), CausalBlocks(data.validation), collate_causal
-    assert data.train_lengths is not None and data.train_word_starts is not None
-    assert data.validation_lengths is not None and data.validation_word_starts is not None
-    collator = MaskedLMCollator(
-        tokenizer=tokenizer,
-        mlm_probability=recipe.masking.mlm_probability,
-        whole_word_mask=recipe.masking.whole_word_mask,
-        seed=recipe.train.seed,
-    )
-    return (
-        MaskedBlocks(data.train, data.train_lengths, data.train_word_starts),
-        MaskedBlocks(
-            data.validation, data.validation_lengths, data.validation_word_starts, fixed_masks=True
-        ),
-        collator,
-    )
+def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
+    """The final model (safetensors + tokenizer) at the run root, metrics.json, LATEST."""
+    job.trainer.save_model()  # main process only
+    if not job.main:
+        return
+    run, causal = job.run, job.recipe.task == "causal_lm"
+    if causal:
+        job.trainer.model.generation_config.save_pretrained(run.path)
+    run.write_metrics(metrics)
+    run.mark_latest()
+    if "eval_perplexity_before" in metrics:
+        print(
+            f"validation perplexity: {metrics['eval_perplexity_before']:,.1f} before -> "
+            f"{metrics['eval_perplexity']:,.1f} after {metrics['steps']} steps "
+            f"({metrics['train_seconds']:.0f}s)"
+        )
+    else:
+        print(
+            f"validation perplexity after {metrics['steps']} steps: "
+            f"{metrics['eval_perplexity']:,.1f}"
+        )
+    print(f"saved model to {run.path}")
+    if causal:
+        print(f'try it: llmkit generate --model {run.path} "ROMEO:"')

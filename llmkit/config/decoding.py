@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from llmkit.config.base import Section, read_yaml, validate
 from llmkit.errors import UsageError
 
 # Options that only change anything when sampling; setting one implies do_sample=True unless
@@ -26,10 +27,8 @@ from llmkit.errors import UsageError
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
 
 
-class DecodingConfig(BaseModel):
+class DecodingConfig(Section):
     """Decoding options. None = not set (the model's generation config decides)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_new_tokens: int | None = Field(
         default=None,
@@ -133,55 +132,29 @@ class DecodingConfig(BaseModel):
         return None
 
 
-def decoding_from_mapping(data: Any, *, where: str, flag_names: bool = False) -> DecodingConfig:
-    """Validate a mapping into a DecodingConfig; every problem names its field.
-
-    `where` prefixes field names ("recipe.yaml: generate.top_p"); with `flag_names` fields are
-    shown as the CLI flags they came from ("--top-p").
-    """
-    try:
-        return DecodingConfig.model_validate(data)
-    except ValidationError as e:
-        problems = [_describe(err, where=where, flag_names=flag_names) for err in e.errors()]
-        raise UsageError(problems[0], problems=problems) from None
-
-
 def load_decoding_from_yaml(path: Path | str) -> DecodingConfig:
     """The `generate:` mapping of a YAML recipe: a file, or a shipped name such as
     `generate/precise`. Other top-level keys are left to their owners; a recipe without
     `generate:` gives an empty config (nothing set).
     """
-    import yaml
-
     from llmkit.config.loader import find_recipe
 
-    path = find_recipe(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UsageError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if doc is None:
-        doc = {}
-    if not isinstance(doc, dict):
-        raise UsageError(f"recipe {path}: expected a mapping at the top, got {type(doc).__name__}")
-    section = doc.get("generate")
+    file = find_recipe(path)
+    section = read_yaml(file).get("generate")
     if section is None:
         return DecodingConfig()
     if not isinstance(section, dict):
-        raise UsageError(f"recipe {path}: generate: expected a mapping of decoding options")
-    return decoding_from_mapping(section, where=f"recipe {path}: generate.")
+        raise UsageError(f"recipe {file}: generate: expected a mapping of decoding options")
+    return validate(
+        DecodingConfig, section, name=lambda field: f"generate.{field}", prefix=f"recipe {file}: "
+    )
 
 
-def _describe(err: Any, *, where: str, flag_names: bool) -> str:
-    loc = [str(p) for p in err["loc"]]
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    if not loc:  # a check across fields (model_validator)
-        return f"{where}{msg}" if where else f"decoding options: {msg}"
-    if flag_names:
-        flag = "--sample/--greedy" if loc[0] == "do_sample" else "--" + loc[0].replace("_", "-")
-        name = " ".join([flag, *loc[1:]])
-    else:
-        name = where + ".".join(loc)
-    if err["type"] == "extra_forbidden":
-        return f"{name}: unknown option (valid: {', '.join(DecodingConfig.model_fields)})"
-    return f"{name}: {msg} (got {err['input']!r})"
+def layered(recipe: Path | str | None, options: DecodingConfig) -> DecodingConfig:
+    """A recipe's `generate:` options with `options` on top (those set win); the model's own
+    generation_config sits under both when generating."""
+    base = load_decoding_from_yaml(recipe) if recipe is not None else DecodingConfig()
+    try:
+        return options.over(base)
+    except ValidationError as e:  # each part is valid, but the two clash
+        raise UsageError(f"decoding options: {e.errors()[0]['msg']}") from None

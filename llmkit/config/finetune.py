@@ -1,4 +1,4 @@
-"""The typed fine-tuning recipe (`llmkit finetune`): a sibling of `Recipe`, not a subclass.
+"""The typed fine-tuning recipe (`llmkit finetune`): a sibling of `PretrainRecipe`.
 
 Pretraining sizes (hidden_size, num_layers, ...) and tokenizer training make no sense when
 starting from a trained model, so the `model:` and `data:` sections are new; the `train:`
@@ -11,13 +11,12 @@ section is the same `TrainConfig`, so `training_arguments` and `build_trainer` a
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
-import yaml
 from pydantic import Field, model_validator
 
-from llmkit.config.schema import TrainConfig, _Section
+from llmkit.config.base import Section
+from llmkit.config.recipe import RecipeBase, TrainConfig, ValidationSplit
 
 FinetuneTask = Literal["sft", "classification", "text2text"]
 DataFormat = Literal["text", "prompt_completion", "alpaca", "chat"]
@@ -34,7 +33,7 @@ DEFAULT_INIT = {
 }
 
 
-class FinetuneDataConfig(_Section):
+class FinetuneDataConfig(Section):
     """Where the examples come from and which columns hold what."""
 
     sources: list[str] = Field(
@@ -66,7 +65,7 @@ class FinetuneDataConfig(_Section):
     system: str | None = Field(
         None, description="System message prepended to every chat (default: the template's)."
     )
-    validation: float | str = Field(
+    validation: ValidationSplit = Field(
         0.1,
         description="Held-out share of examples (0 < x < 1, split by a hash of the row), or a "
         "file/glob used as the validation set. embedded:chatterbot uses its fixed held-out pairs.",
@@ -77,17 +76,13 @@ class FinetuneDataConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _check_validation(self) -> FinetuneDataConfig:
-        if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
-            raise ValueError(
-                f"validation: a fraction must be between 0 and 1 (exclusive), got {self.validation}"
-            )
+    def _check_template(self) -> FinetuneDataConfig:
         if "{source}" not in self.template:
             raise ValueError("template: must contain {source}")
         return self
 
 
-class FinetuneModelConfig(_Section):
+class FinetuneModelConfig(Section):
     """The model to start from."""
 
     init: str | None = Field(
@@ -103,7 +98,7 @@ class FinetuneModelConfig(_Section):
     )
 
 
-class LoraSection(_Section):
+class LoraSection(Section):
     """Low-rank adapters (peft): train r x (d_in + d_out) numbers per targeted matrix."""
 
     enabled: bool = Field(True, description="Train LoRA adapters; false = full fine-tuning.")
@@ -117,7 +112,7 @@ class LoraSection(_Section):
     )
 
 
-class EvalSection(_Section):
+class EvalSection(Section):
     """What evaluation measures and which number picks the best checkpoint."""
 
     metric_for_best_model: str = Field(
@@ -132,19 +127,22 @@ class EvalSection(_Section):
     max_new_tokens: int = Field(64, ge=1, description="text2text: tokens generated per example.")
 
 
-def _finetune_train_defaults() -> TrainConfig:
-    # A trained model needs a smaller step than pretraining's 6e-4: 2e-4 suits LoRA
-    # (full fine-tuning recipes set ~2e-5), no weight decay on a few hundred steps.
-    return TrainConfig(
-        lr=2.0e-4, weight_decay=0.0, adam_beta2=0.999, eval_every=50, save_every=50, epochs=1.0
-    )
-
-
-class FinetuneRecipe(_Section):
+class FinetuneRecipe(RecipeBase):
     """A fine-tuning run: which examples, which base model, LoRA or full, how to train."""
 
+    DEFAULT_RECIPE: ClassVar[str] = "finetune/lora-chatterbot"
+    # A trained model needs a smaller step than pretraining's 6e-4: 2e-4 suits LoRA (full
+    # fine-tuning recipes set ~2e-5); no weight decay and AdamW's usual beta2 over a few
+    # hundred steps; evaluations every 50 steps.
+    TRAIN_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "lr": 2.0e-4,
+        "weight_decay": 0.0,
+        "adam_beta2": 0.999,
+        "eval_every": 50,
+        "save_every": 50,
+    }
+
     name: str = Field("finetune", description="Run name: the default run folder is runs/<name>.")
-    description: str = Field("", description="One line shown by `llmkit recipes`.")
     task: FinetuneTask = Field("sft", description="sft, classification or text2text.")
     data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
     model: FinetuneModelConfig = Field(default_factory=FinetuneModelConfig)
@@ -162,7 +160,7 @@ class FinetuneRecipe(_Section):
         "example: no padding, and attention never crosses examples.",
     )
     eval: EvalSection = Field(default_factory=EvalSection)
-    train: TrainConfig = Field(default_factory=_finetune_train_defaults)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneRecipe:
@@ -186,21 +184,3 @@ class FinetuneRecipe(_Section):
     @property
     def base_model(self) -> str:
         return cast(str, self.model.init)  # filled in by `_check`
-
-    @property
-    def output_dir(self) -> Path:
-        return self.train.output_dir or Path("runs") / self.name
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-def load_finetune_recipe(path: Path | str | None, overrides: list[str]) -> FinetuneRecipe:
-    """`load_recipe` with this schema (its signature names `Recipe`, hence the casts)."""
-    from llmkit.config.loader import load_recipe
-
-    schema = cast(Any, FinetuneRecipe)
-    return cast(
-        FinetuneRecipe,
-        load_recipe(path, overrides, default="finetune/lora-chatterbot", schema=schema),
-    )

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 
 from llmkit import assets
-from llmkit.config.schema import Recipe
+from llmkit.config.pretrain import PretrainRecipe
 from llmkit.data import sources
 from llmkit.data.packing import TOKEN_DTYPE, pack_causal, pack_sentences
 from llmkit.data.tokenizer import build_trained_tokenizer, check_special_tokens, fingerprint
 from llmkit.errors import UsageError
+from llmkit.io.write import atomic_folder
 
 CACHE_VERSION = 1
 # Validation blocks are drawn with their own fixed seed, so changing train.seed never moves
@@ -51,9 +52,9 @@ def prep_cache_root() -> Path:
     return Path(os.environ.get("LLMKIT_PREP_CACHE") or assets.cache_home() / "prep")
 
 
-def load_tokenizer_for(recipe: Recipe) -> Any:
+def load_tokenizer_for(recipe: PretrainRecipe) -> Any:
     """The recipe's tokenizer; `train` trains one on the corpus (cached by content)."""
-    from llmkit.models import load_tokenizer
+    from llmkit.models.load import load_tokenizer
 
     src = recipe.tokenizer.source
     if src is None:
@@ -66,7 +67,7 @@ def load_tokenizer_for(recipe: Recipe) -> Any:
     return tok
 
 
-def _trained_tokenizer(recipe: Recipe) -> Any:
+def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
     from transformers import AutoTokenizer
 
     t = recipe.tokenizer
@@ -83,14 +84,14 @@ def _trained_tokenizer(recipe: Recipe) -> Any:
             min_frequency=t.min_frequency,
             masked=recipe.task == "masked_lm",
         )
-        assets._build_once(folder, lambda tmp: tok.save_pretrained(str(tmp)))
+        atomic_folder(folder, lambda tmp: tok.save_pretrained(str(tmp)))
         print(
             f"trained {t.kind} tokenizer ({len(tok):,} tokens) in {time.perf_counter() - t0:.1f}s"
         )
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def prepare(recipe: Recipe, tokenizer: Any, *, verbose: bool = True) -> PreparedData:
+def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> PreparedData:
     """Blocks for the recipe, from the cache when the content hash matches."""
     d = recipe.data
     val_is_file = isinstance(d.validation, str)
@@ -160,7 +161,7 @@ def prepare(recipe: Recipe, tokenizer: Any, *, verbose: bool = True) -> Prepared
                 np.save(tmp / f"{split}_{name}.npy", arr)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    assets._build_once(folder, write)
+    atomic_folder(folder, write)
     if verbose:
         phases = " | ".join(f"{k} {v:.2f}s" for k, v in timings.items())
         print(
@@ -173,7 +174,7 @@ def prepare(recipe: Recipe, tokenizer: Any, *, verbose: bool = True) -> Prepared
     return _cap_eval(_load(folder), d.max_eval_blocks)
 
 
-def _read(recipe: Recipe) -> sources.Corpus:
+def _read(recipe: PretrainRecipe) -> sources.Corpus:
     d = recipe.data
     return sources.read_corpus(
         d.sources, text_column=d.text_column, min_chars=d.min_chars, dedupe=d.dedupe
@@ -181,7 +182,7 @@ def _read(recipe: Recipe) -> sources.Corpus:
 
 
 def _tokenize_and_pack(
-    recipe: Recipe, tokenizer: Any, documents: list[str]
+    recipe: PretrainRecipe, tokenizer: Any, documents: list[str]
 ) -> tuple[dict[str, np.ndarray], int, float, float]:
     d = recipe.data
     t0 = time.perf_counter()
@@ -308,7 +309,7 @@ def _hash(parts: list[Any]) -> str:
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:20]
 
 
-def load_prepared(recipe: Recipe) -> PreparedData:
+def load_prepared(recipe: PretrainRecipe) -> PreparedData:
     """Blocks of a recipe (e.g. a run's recipe.yaml), preparing them if not cached."""
     return prepare(recipe, load_tokenizer_for(recipe), verbose=False)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import assets
-from llmkit.data import records
 from llmkit.errors import UsageError
+from llmkit.io import files
 
 TEXT_SUFFIXES = (".txt", ".md")
-TABLE_SUFFIXES = records.TABLE_SUFFIXES
+TABLE_SUFFIXES = files.TABLE_SUFFIXES
 HUB_PREFIX = "hub:"
 
 
@@ -121,15 +121,15 @@ def _file_digest(path: str) -> bytes:
 
 
 def _read_text_lines(path: Path) -> list[str]:
-    return records.read_text(path).splitlines()
+    return files.read_text(path).splitlines()
 
 
 def _read_rows(src: str, column: str) -> Iterator[str]:
     if src.startswith(HUB_PREFIX):
         yield from _read_hub(src.removeprefix(HUB_PREFIX), column)
         return
-    check = records.has_field(column, hint="set data.text_column")
-    for _, row in records.read_records(Path(src), check):
+    check = files.has_field(column, hint="set data.text_column")
+    for _, row in files.read_records(Path(src), check):
         yield str(row[column] if row[column] is not None else "")
 
 

@@ -91,11 +91,10 @@ def train_tokenizer(
     text_column: str = "text",
     masked: bool | None = None,
 ) -> Any:
-    """`llmkit prep tokenizer`: read and clean the sources, train, save, report."""
+    """Read and clean the sources, train, save to `output` (whole or not at all), report."""
     from llmkit.data.sources import read_corpus
+    from llmkit.io.write import atomic_folder
 
-    if output.exists() and any(output.iterdir()):
-        raise UsageError(f"--output {output} is not empty; choose a new folder")
     t0 = time.perf_counter()
     corpus = read_corpus(sources, text_column=text_column, min_chars=1, dedupe=False)
     tok = build_trained_tokenizer(
@@ -105,7 +104,9 @@ def train_tokenizer(
         min_frequency=min_frequency,
         masked=(kind == "wordpiece") if masked is None else masked,
     )
-    tok.save_pretrained(str(output))
+    if output.exists():  # an empty folder (the command refuses one that holds anything)
+        output.rmdir()
+    atomic_folder(output, lambda tmp: tok.save_pretrained(str(tmp)))
     n_tokens = sum(len(ids) for ids in tok(corpus.documents, add_special_tokens=False)["input_ids"])
     print(
         f"trained {kind} tokenizer: {len(tok):,} tokens in the vocabulary, "

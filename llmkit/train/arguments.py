@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from llmkit.config.schema import TrainConfig
-from llmkit.launch import in_distributed_run
+from llmkit.config.recipe import TrainConfig
+
+
+def in_distributed_run() -> bool:
+    """Whether this process is one of several (torchrun / accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def resolve_precision(precision: str) -> str:

@@ -1,7 +1,7 @@
 """Checkpoints that survive `kill -9`, and resuming from the newest one that is whole.
 
 Trainer writes `checkpoint-N/` file by file in place, so a kill while saving leaves a folder
-that looks like a checkpoint but has no trainer_state.json (seen here: `--resume` then
+that looks like a checkpoint but has no trainer_state.json (seen here: resuming then
 crashed). We stage every checkpoint in `<run>/.staging/checkpoint-N/` and rename it into the
 run folder only when every process has finished writing: a `checkpoint-N/` folder is always
 complete. On resume we still validate the newest one (a disk can fill, a file can be cut) and
@@ -19,8 +19,8 @@ from typing import Any
 
 from safetensors import SafetensorError
 
-from llmkit.errors import UsageError
-from llmkit.runs import RunDir
+from llmkit.errors import Fix, UsageError
+from llmkit.io.runs import RunDir
 
 STAGING = ".staging"
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
@@ -150,7 +150,7 @@ def resumable_checkpoint(run: RunDir) -> Path:
     """The newest whole checkpoint; broken newer ones are moved aside with a warning."""
     candidates = run.checkpoints()
     if not candidates:
-        raise UsageError(f"--resume: no checkpoint-* folder in {run.path} to resume from")
+        raise UsageError(f"no checkpoint-* folder in {run.path} to resume from", fix=Fix.RESUME)
     for ckpt in reversed(candidates):
         problem = checkpoint_problem(ckpt)
         if problem is None:
@@ -160,7 +160,7 @@ def resumable_checkpoint(run: RunDir) -> Path:
         if aside.exists():
             shutil.rmtree(aside)
         ckpt.rename(aside)
-    raise UsageError(f"--resume: every checkpoint in {run.path} is incomplete or corrupt")
+    raise UsageError(f"every checkpoint in {run.path} is incomplete or corrupt", fix=Fix.RESUME)
 
 
 def clear_staging(run: RunDir) -> None:

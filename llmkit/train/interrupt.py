@@ -15,11 +15,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from llmkit.errors import TrainingInterrupted
+
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-class TrainingInterrupted(SystemExit):
-    """Raised after the checkpoint is saved; its code is the shell's 128 + signal number."""
 
 
 class StopOnSignal(TrainerCallback):
@@ -70,9 +68,5 @@ class StopOnSignal(TrainerCallback):
             return
         code = EXIT_CODES.get(signal.Signals(self.received), 128 + self.received)
         if main:
-            print(
-                f"stopped at step {step}; checkpoint saved in {run_path}. "
-                "Continue with the same command and --resume.",
-                file=sys.stderr,
-            )
-        raise TrainingInterrupted(code)
+            print(f"stopped at step {step}; checkpoint saved in {run_path}", file=sys.stderr)
+        raise TrainingInterrupted(code, main=main)

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-IGNORE = -100
+from llmkit.data.collate import IGNORE_INDEX
+
 CHUNK_BYTES = 4 << 20  # 16-64 rows of a 50k vocabulary were fastest; 4 MB ~ 20 rows
 
 
@@ -32,7 +33,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         lse = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
         for i in range(0, logits.shape[0], rows):
             torch.logsumexp(logits[i : i + rows], dim=-1, out=lse[i : i + rows])
-        valid = target != IGNORE
+        valid = target != IGNORE_INDEX
         safe = target.clamp(min=0)
         picked = logits.gather(1, safe[:, None]).squeeze(1)
         ctx.save_for_backward(logits, lse, safe, valid, divisor)
@@ -59,7 +60,7 @@ def chunked_cross_entropy(
     `num_items_in_batch` when given (Trainer's count across accumulation steps), else the mean
     over scored targets."""
     if num_items_in_batch is None:
-        divisor = (target != IGNORE).sum()
+        divisor = (target != IGNORE_INDEX).sum()
     else:
         divisor = torch.as_tensor(num_items_in_batch, device=logits.device)
     return _ChunkedCrossEntropy.apply(logits, target, divisor.to(logits.dtype))
@@ -70,7 +71,7 @@ def causal_lm_loss(
     labels: torch.Tensor,
     vocab_size: int,
     num_items_in_batch: Any = None,
-    ignore_index: int = IGNORE,
+    ignore_index: int = IGNORE_INDEX,
     shift_labels: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:

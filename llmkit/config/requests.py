@@ -1,0 +1,291 @@
+"""What each command takes: one typed request model per command, one field per option.
+
+A field is declared once, with its type, default, help (`description`) and checks; the CLI
+builds the command's options from the model (llmkit.cli), so a value is checked here, in
+milliseconds, before any model loads. Fields become `--field-name` options; `FLAGS` spells
+the ones that differ (positional arguments, short names, on/off pairs, help panels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llmkit.config.decoding import DecodingConfig
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a request field appears on the command line."""
+
+    decls: tuple[str, ...] = ()  # e.g. ("--model", "-m"), ("--sample/--greedy",); default --name
+    panel: str | None = None  # the help panel it is listed under
+    argument: bool = False  # positional
+    cli: bool = True  # False: not an option (Python callers and tests set it)
+
+
+def flag(*decls: str, panel: str | None = None) -> Flag:
+    return Flag(tuple(decls), panel)
+
+
+ARGUMENT = Flag(argument=True)
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    FLAGS: ClassVar[dict[str, Flag]] = {}
+
+
+# --- training and data ----------------------------------------------------------------------
+
+
+class RecipeRequest(Request):
+    """A recipe and its overrides: what `prep` takes, and the base of the training commands."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {"recipe": ARGUMENT, "overrides": flag("--set", "-s")}
+
+    recipe: Path | None = Field(
+        None, description="Recipe YAML or shipped name (default: the command's own recipe)."
+    )
+    overrides: list[str] | None = Field(
+        None,
+        description="Override a recipe field by dotted path, e.g. --set train.lr=3.0e-4 "
+        "(repeatable).",
+    )
+    dry_run: bool = Field(False, description="Print the resolved recipe and exit.")
+
+    def recipe_overrides(self) -> list[str]:
+        return list(self.overrides or [])
+
+
+class TrainRequest(RecipeRequest):
+    """`llmkit pretrain` and `llmkit finetune`: common flags are shorthands for overrides."""
+
+    output_dir: Path | None = Field(None, description="Run folder (default: runs/<recipe name>).")
+    max_steps: int | None = Field(None, description="Stop after this many optimizer steps.")
+    seed: int | None = Field(None, description="Random seed (data order, init, dropout).")
+    devices: int | None = Field(
+        None, ge=1, description="Processes to launch (one per GPU; CPU uses gloo)."
+    )
+    resume: bool = Field(False, description="Continue from the last checkpoint in the run.")
+    overwrite: bool = Field(False, description="Replace a run already in the output dir.")
+
+    def recipe_overrides(self) -> list[str]:
+        """--max-steps 5 == --set train.max_steps=5 (the flags win over --set)."""
+        shorthands = {
+            "output_dir": self.output_dir,
+            "max_steps": self.max_steps,
+            "seed": self.seed,
+            "devices": self.devices,
+        }
+        return super().recipe_overrides() + [
+            f"train.{k}={v}" for k, v in shorthands.items() if v is not None
+        ]
+
+
+class TokenizerRequest(Request):
+    """`llmkit prep tokenizer`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {"sources": ARGUMENT, "output": flag("--output", "-o")}
+
+    sources: list[str] = Field(description="Text files, globs or folders.")
+    output: Path = Field(description="Folder for the tokenizer (new or empty).")
+    kind: Literal["bpe", "wordpiece", "unigram"] = Field(
+        "bpe", description="bpe (GPT-style), wordpiece (BERT) or unigram."
+    )
+    vocab_size: int = Field(8000, ge=64, description="Vocabulary size.")
+    min_frequency: int = Field(2, ge=1, description="Drop merges seen fewer times.")
+    text_column: str = Field("text", description="Column for .jsonl/.csv sources.")
+
+
+class ExportRequest(Request):
+    """`llmkit export`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {"run": ARGUMENT, "output": flag("--output", "-o")}
+
+    run: Path = Field(description="Run or adapter folder from `llmkit finetune`.")
+    output: Path | None = Field(None, description="Folder (default: RUN-merged).")
+    push_to_hub: str | None = Field(
+        None, description="Also upload to this hub repo (needs a reachable hub)."
+    )
+    overwrite: bool = Field(False, description="Replace a non-empty output folder.")
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
+
+
+class GenerateRequest(DecodingConfig, Request):
+    """`llmkit generate`: the decoding options are DecodingConfig's fields, as flags."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "prompt": ARGUMENT,
+        "model": flag("--model", "-m"),
+        "input": flag("--input", "-i"),
+        "output": flag("--output", "-o"),
+        "json_": flag("--json"),
+        **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
+        "do_sample": flag("--sample/--greedy", panel=DECODING),
+        "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
+    }
+
+    prompt: str | None = Field(None, description="Text to continue; '-' reads it from stdin.")
+    model: str | None = Field(
+        None,
+        description="Run folder, HF folder, LoRA adapter folder or hub name "
+        "(default: embedded:smollm2).",
+    )
+    recipe: Path | None = Field(
+        None, description="YAML whose generate: mapping sets decoding options."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model. Off unless you trust it."
+    )
+    chat: bool = Field(False, description="Wrap the prompt in the chat template.")
+    system: str | None = Field(None, description="System prompt (with --chat).")
+    stream: bool = Field(False, description="Print tokens as they are generated.")
+    input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
+    output: Path | None = Field(None, description="JSONL results (default: stdout).")
+    field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    json_: bool = Field(False, description="Print JSON on stdout.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _unescape(cls, value: Any) -> Any:
+        """`--stop '\\n'` arrives as backslash + n from a shell; users mean a newline."""
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list):
+            return value
+        return [s.replace("\\n", "\n").replace("\\t", "\t") for s in stops]
+
+    def decoding(self) -> DecodingConfig:
+        """The decoding options that were set."""
+        names = DecodingConfig.model_fields
+        return DecodingConfig.model_validate({k: v for k, v in self if k in names})
+
+
+class EmbedRequest(Request):
+    """`llmkit embed`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "file": ARGUMENT,
+        "output": flag("--output", "-o"),
+        "model": flag("--model", "-m"),
+    }
+
+    file: Path = Field(description="Texts: .txt (one per line) or .jsonl.")
+    output: Path = Field(description="out.npy (float32 [n, dim]) or out.jsonl.")
+    model: str = Field("embedded:minilm", description="BERT-family encoder folder.")
+    field: str | None = Field(None, description="JSONL field (default: text).")
+    batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+EVAL_GENERATION = "Generation (--data and the default suite)"
+EVAL_PERPLEXITY = "Perplexity (--text and the default suite)"
+
+
+class EvalRequest(Request):
+    """`llmkit eval`: the options present pick the mode (see llmkit.commands.eval)."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "model": flag("--model", "-m"),
+        **{
+            name: flag(panel=EVAL_GENERATION)
+            for name in ("source_field", "target_field", "limit", "max_new_tokens")
+        },
+        "batch_size": flag(panel=EVAL_GENERATION),
+        "chat": flag("--chat/--no-chat", panel=EVAL_GENERATION),
+        "system": flag(panel=EVAL_GENERATION),
+        "max_length": flag(panel=EVAL_PERPLEXITY),
+        "stride": flag(panel=EVAL_PERPLEXITY),
+        "runs_root": Flag(cli=False),
+    }
+
+    preds: Path | None = Field(
+        None, description="Predictions: .txt (one per line) or .jsonl; no model."
+    )
+    refs: Path | None = Field(
+        None, description="References, paired line by line (default: --preds if JSONL)."
+    )
+    preds_b: Path | None = Field(None, description="System B's predictions for an A/B comparison.")
+    model: str | None = Field(
+        None, description="Model A (default: the latest run if a causal LM, else embedded:smollm2)."
+    )
+    model_b: str | None = Field(None, description="Model B for an A/B comparison.")
+    data: str | None = Field(
+        None,
+        description="JSONL with source/target, prompt/completion or question/answer fields, "
+        "or embedded:chatterbot (held-out split): generate, then score.",
+    )
+    text: list[Path] | None = Field(
+        None,
+        description="Text file for perplexity (repeatable), or a run folder (its validation "
+        "split).",
+    )
+    metrics: str | None = Field(
+        None,
+        description="Comma-separated: bleu,chrf,rouge,em,f1,accuracy,distinct,self_bleu,length "
+        "(default: all but accuracy).",
+    )
+    pred_field: str | None = Field(
+        None, description="JSONL field of predictions (default: prediction)."
+    )
+    ref_field: str | None = Field(
+        None, description="JSONL field of references (default: reference/target)."
+    )
+    source_field: str | None = Field(None, description="--data field of inputs.")
+    target_field: str | None = Field(None, description="--data field of references.")
+    limit: int | None = Field(
+        None, ge=1, description="Score the first N examples (default suite: 64)."
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Greedy answer length (default 64; suite 32)."
+    )
+    # 32, not generate's 8: a CPU decode step reads all weights (540 MB for SmolLM2) whatever
+    # the batch, so 2 batches of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s).
+    # The answers are identical at any batch size (greedy, checked at 8, 32 and 64).
+    batch_size: int = Field(32, ge=1, description="Prompts per generate call.")
+    chat: bool | None = Field(
+        None, description="Wrap inputs in the chat template (default: if the model has one)."
+    )
+    system: str | None = Field(None, description="System prompt (chat).")
+    max_length: int | None = Field(
+        None, ge=2, description="Window in tokens (default: context, at most 1024; suite 512)."
+    )
+    stride: int | None = Field(
+        None, ge=1, description="Sliding-window step (default: max-length / 2)."
+    )
+    output_dir: Path | None = Field(
+        None, description="Folder for metrics.json (default: runs/eval/<name>)."
+    )
+    name: str | None = Field(
+        None, description="Name of the folder under runs/eval (default: a timestamp)."
+    )
+    overwrite: bool = Field(False, description="Replace an existing metrics.json.")
+    runs_root: Path = Field(Path("runs"), description="Where runs (and runs/eval) live.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: str | None) -> str | None:
+        from llmkit.evaluation.metrics import parse_metric_names
+
+        if value is not None:
+            parse_metric_names(value)  # raises on an unknown name
+        return value
+
+    @model_validator(mode="after")
+    def _stride_within_window(self) -> EvalRequest:
+        if self.stride and self.max_length and self.stride > self.max_length:
+            raise ValueError(
+                f"--stride must be between 1 and --max-length ({self.max_length}), "
+                f"got {self.stride}"
+            )
+        return self

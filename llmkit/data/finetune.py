@@ -1,0 +1,123 @@
+"""A fine-tuning recipe's datasets: rows -> rendered, prompt-masked, tokenized examples
+(llmkit.data.examples), the collator, a held-out prompt to show an answer to, and for
+text2text the (prompt, reference) pairs generated at each evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.config.finetune import FinetuneRecipe
+from llmkit.data import examples
+from llmkit.data.collate import Examples, SftCollator
+from llmkit.errors import UsageError
+
+
+@dataclass
+class FinetuneData:
+    train: Any
+    validation: Any
+    collator: Any
+    sample_prompt: str | None = None  # one held-out prompt, rendered, to show an answer to
+    sample_shown: str = ""  # the same prompt as a person wrote it (the question)
+    labels: list[str] | None = None  # classification: class names, id order
+    eval_pairs: list[tuple[str, str]] | None = None  # text2text: (prompt, reference)
+
+
+def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
+    train_rows, val_rows = _rows(recipe)
+    cap = recipe.data.max_eval_examples
+    if cap and len(val_rows) > cap:
+        # An even stride, not the first `cap`: chatterbot's rows come grouped by topic.
+        val_rows = val_rows[:: len(val_rows) // cap][:cap]
+    if recipe.task == "classification":
+        return _classification_data(recipe, tokenizer, train_rows, val_rows)
+    train = examples.encode_rows(train_rows, recipe, tokenizer, split="train")
+    validation = examples.encode_rows(val_rows, recipe, tokenizer, split="validation")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    first = examples.row_segments(val_rows[0], recipe, tokenizer, "validation row 1")
+    prompt = "".join(text for text, trained in first[: _first_trained(first)])
+    eval_pairs = None
+    if recipe.task == "text2text":
+        n = recipe.eval.generate_examples
+        eval_pairs = [
+            (
+                recipe.data.template.format(source=r[recipe.data.source_column]),
+                str(r[recipe.data.target_column]),
+            )
+            for r in val_rows[:n]
+        ]
+    return FinetuneData(
+        train=Examples(train),
+        validation=Examples(validation),
+        collator=SftCollator(pad_id=int(pad or 0), pack=recipe.packing),
+        sample_prompt=prompt or None,
+        sample_shown=_shown_prompt(val_rows[0], recipe, prompt),
+        eval_pairs=eval_pairs,
+    )
+
+
+def _first_trained(segments: list[tuple[str, bool]]) -> int:
+    return next((i for i, (_, trained) in enumerate(segments) if trained), len(segments))
+
+
+def _rows(recipe: FinetuneRecipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    d = recipe.data
+    if d.sources == ["embedded:chatterbot"]:
+        return examples.chatterbot_rows()
+    if any(s.startswith("embedded:") for s in d.sources):
+        raise UsageError(
+            "data.sources: embedded:chatterbot must be the only source "
+            "(it brings its own held-out split)"
+        )
+    rows = examples.read_rows(d.sources)
+    if isinstance(d.validation, str):
+        return rows, examples.read_rows([d.validation])
+    return examples.hash_split(rows, d.validation)
+
+
+def _classification_data(
+    recipe: FinetuneRecipe, tokenizer: Any, train_rows: list[Any], val_rows: list[Any]
+) -> FinetuneData:
+    from transformers import DataCollatorWithPadding
+
+    d = recipe.data
+    names = sorted(
+        {
+            str(examples.column(r, d.label_column, "label_column", f"train row {i + 1}"))
+            for i, r in enumerate(train_rows)
+        }
+    )
+    ids = {name: i for i, name in enumerate(names)}
+
+    def encode(rows: list[Any], split: str) -> list[dict[str, Any]]:
+        out = []
+        for i, r in enumerate(rows):
+            where = f"{split} row {i + 1}"
+            label = str(examples.column(r, d.label_column, "label_column", where))
+            if label not in ids:
+                raise UsageError(f"{where}: label '{label}' never occurs in the training rows")
+            text = str(examples.column(r, d.text_column, "text_column", where))
+            enc = tokenizer(text, truncation=True, max_length=d.max_length)
+            out.append({**enc, "labels": ids[label]})
+        return out
+
+    return FinetuneData(
+        train=encode(train_rows, "train"),
+        validation=encode(val_rows, "validation"),
+        collator=DataCollatorWithPadding(tokenizer),
+        labels=names,
+    )
+
+
+def _shown_prompt(row: dict[str, Any], recipe: FinetuneRecipe, rendered: str) -> str:
+    """The user's words of a chat (not the template around them), else the prompt itself."""
+    if recipe.task == "sft" and recipe.data.format == "chat":
+        users = [
+            m["content"]
+            for m in examples.chat_messages(row, recipe.data.messages_column, "")
+            if m["role"] == "user"
+        ]
+        return users[0] if users else rendered
+    return rendered.strip()

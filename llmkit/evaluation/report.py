@@ -1,0 +1,217 @@
+"""An evaluation's report: the systems' scores, their differences, and the outputs
+(metrics.json, predictions JSONL, ab.png, a table on stdout).
+
+metrics.json carries everything needed to repeat the numbers: the sacreBLEU signatures,
+decoding and window settings, example counts and library versions.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit.evaluation import metrics
+from llmkit.io.provenance import versions
+from llmkit.io.runs import METRICS_JSON
+from llmkit.io.write import write_json, write_jsonl
+
+DISPLAY = {
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "exact_match": "exact match",
+    "f1": "token F1",
+    "accuracy": "accuracy",
+    "distinct_1": "distinct-1",
+    "distinct_2": "distinct-2",
+    "self_bleu": "self-BLEU",
+    "avg_length": "avg length (words)",
+    "perplexity_sliding": "perplexity (sliding)",
+    "perplexity_per_document": "perplexity (per document)",
+}
+LOWER_IS_BETTER = {"perplexity_sliding", "perplexity_per_document"}
+
+
+@dataclass
+class SystemScores:
+    """One system's numbers: a model or a predictions file."""
+
+    label: str  # "A" or "B"
+    source: str  # model description or file name
+    values: dict[str, float] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    texts: list[str] | None = None  # the predictions scored, for the paired bootstrap
+    predictions: list[dict[str, Any]] | None = None  # rows of predictions.jsonl
+
+
+@dataclass
+class Report:
+    mode: str
+    systems: list[SystemScores]
+    data: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    bootstrap: metrics.PairedBootstrap | None = None
+    refs_for_bootstrap: list[str] | None = None
+
+
+def compare(report: Report) -> None:
+    """sacreBLEU's paired bootstrap for BLEU when both systems have it (differences are
+    computed where they are shown and saved)."""
+    a, b = report.systems
+    refs = report.refs_for_bootstrap
+    if "bleu" in a.values and "bleu" in b.values and refs is not None:
+        assert a.texts is not None and b.texts is not None
+        report.bootstrap = metrics.paired_bootstrap_bleu(a.texts, b.texts, refs)
+
+
+def differences(report: Report) -> dict[str, float]:
+    """B - A for every metric both systems have."""
+    if len(report.systems) < 2:
+        return {}
+    a, b = report.systems
+    return {k: b.values[k] - a.values[k] for k in a.values if k in b.values}
+
+
+UNITS = {
+    "bleu/chrf/rouge*/exact_match/f1/accuracy/self_bleu": "0-100 (sacreBLEU convention)",
+    "rouge*": "mean of per-pair rouge-score F-measures (use_stemmer=True), x 100",
+    "distinct_1/distinct_2": "unique n-grams / all n-grams over all outputs, 0-1",
+    "avg_length": "whitespace tokens per output",
+    "perplexity_*": "exp(mean NLL per scored token, nats); lower is better",
+}
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    """metrics.json: numbers first, then everything needed to repeat them."""
+    a = report.systems[0]
+    out: dict[str, Any] = {
+        "mode": report.mode,
+        "metrics": a.values,
+        "system": a.source,
+        "details": a.details,
+        "signatures": a.signatures,
+        "data": report.data,
+        "settings": report.settings,
+        "notes": report.notes,
+        "units": UNITS,
+        "versions": versions(("llmkit", "sacrebleu", "rouge-score", "torch", "transformers")),
+        "command": " ".join(["llmkit", *sys.argv[1:]]),
+    }
+    if len(report.systems) == 2:
+        b = report.systems[1]
+        out["b"] = {"system": b.source, "metrics": b.values, "details": b.details}
+        out["difference"] = differences(report)
+        if report.bootstrap is not None:
+            out["paired_bootstrap_bleu"] = vars(report.bootstrap)
+    return out
+
+
+def save(report: Report, out_dir: Path) -> None:
+    """Predictions first and metrics.json last: a metrics.json means the folder is complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for system in report.systems:
+        if system.predictions is not None:
+            name = "predictions.jsonl" if system.label == "A" else "predictions_b.jsonl"
+            write_jsonl(out_dir / name, system.predictions)
+    if len(report.systems) == 2:
+        plot_ab(report, out_dir / "ab.png")
+    write_json(out_dir / METRICS_JSON, to_json(report))
+
+
+def plot_ab(report: Report, path: Path) -> None:
+    """One small panel per metric (scales differ: BLEU ~10, distinct ~0.5, perplexity ~50)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    a, b = report.systems
+    keys = [k for k in a.values if k in b.values]
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        values = [a.values[key], b.values[key]]
+        bars = ax.bar(["A", "B"], values, color=["#4c72b0", "#dd8452"])
+        ax.bar_label(bars, labels=[_fmt(key, v) for v in values], fontsize=8)
+        title = DISPLAY.get(key, key)
+        if key in LOWER_IS_BETTER:
+            title += " (lower=better)"
+        if key == "bleu" and report.bootstrap is not None:
+            title += f"\np = {report.bootstrap.p_value:.3f}"
+        ax.set_title(title, fontsize=9)
+        ax.margins(y=0.2)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    fig.suptitle(f"A: {_short(a.source)}   B: {_short(b.source)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _short(text: str, width: int = 50) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _fmt(key: str, value: float) -> str:
+    """Two decimals for 0-100 scores and perplexity, four for 0-1 ratios (distinct-n)."""
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    if abs(value) >= 10_000:
+        return f"{value:,.0f}"
+    return f"{value:.4f}" if key.startswith("distinct") else f"{value:.2f}"
+
+
+def _signed(key: str, value: float) -> str:
+    text = _fmt(key, value)
+    return text if text.startswith("-") else "+" + text
+
+
+def show(report: Report, out_dir: Path) -> None:
+    """The table on stdout: A, and for A/B also B, B - A and BLEU's p-value."""
+    from rich.console import Console
+    from rich.table import Table
+
+    two = len(report.systems) == 2
+    tested = report.bootstrap is not None
+    table = Table(title=f"llmkit eval ({report.mode})", title_justify="left")
+    table.add_column("metric")
+    for system in report.systems:
+        table.add_column(system.label, justify="right")
+    if two:
+        table.add_column("B - A", justify="right")
+    if tested:
+        table.add_column("p (BLEU)", justify="right")
+    diffs = differences(report)
+    for key, value in report.systems[0].values.items():
+        row = [DISPLAY.get(key, key), _fmt(key, value)]
+        if two:
+            other = report.systems[1].values.get(key)
+            row.append("-" if other is None else _fmt(key, other))
+            row.append(_signed(key, diffs[key]) if key in diffs else "-")
+        if tested:
+            row.append(_p_value_cell(report) if key == "bleu" else "")
+        table.add_row(*row)
+    console = Console(width=120)
+    for system in report.systems:
+        console.print(f"{system.label}: {system.source}", highlight=False)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    if "bleu" in report.systems[0].signatures:
+        console.print(f"BLEU signature: {report.systems[0].signatures['bleu']}", highlight=False)
+    console.print(f"wrote {out_dir / METRICS_JSON}", highlight=False)
+
+
+def _p_value_cell(report: Report) -> str:
+    assert report.bootstrap is not None
+    p = report.bootstrap.p_value
+    return f"{p:.3f}" + (" *" if p < 0.05 else "")

@@ -1,0 +1,242 @@
+"""Scoring one system: its predictions, a model's greedy answers, a model's perplexity; and
+the default suite's held-out data (what `llmkit eval` measures when given no data).
+
+Every function returns or fills a `SystemScores` (llmkit.evaluation.report).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmkit import assets
+from llmkit.config.decoding import DecodingConfig
+from llmkit.errors import UsageError
+from llmkit.evaluation import metrics, perplexity
+from llmkit.evaluation.report import SystemScores
+from llmkit.io.runs import RunDir, latest_run
+from llmkit.models.load import DEFAULT_CAUSAL_LM, LoadedModel
+
+# The default suite must finish in a minute or two on 2 CPU cores with SmolLM2-135M:
+# 64 greedy answers of <= 32 tokens (17 s at best on 2 cores) and ~1,000 tokens of
+# Shakespeare scored twice, ~2,500 forward tokens (8.6 s). With other jobs on the same two
+# cores it took 2-3.5 minutes.
+SUITE_QUESTIONS = 64
+SUITE_NEW_TOKENS = 32
+SUITE_MAX_LENGTH = 512
+HELD_OUT_CHARS = 3500  # the end of The Winter's Tale: ~1,000 SmolLM2 tokens
+RUN_VALIDATION_TOKENS = 4096  # cap on a run's validation blocks in the default suite
+# Windows longer than this cost more than they tell on CPU (SmolLM2 allows 8,192).
+MAX_DEFAULT_WINDOW = 1024
+
+
+def score_texts(
+    label: str, source: str, preds: list[str], refs: list[str], names: list[str]
+) -> SystemScores:
+    """The named metrics (llmkit.evaluation.metrics.METRICS) of predictions against
+    references, with each metric's signature and the seconds it took."""
+    system = SystemScores(label, source, texts=preds)
+    timings: dict[str, float] = {}
+    for name in names:
+        start = time.perf_counter()
+        result = metrics.METRICS[name](preds, refs)
+        timings[name] = round(time.perf_counter() - start, 3)
+        system.values.update(result.values)
+        if result.signature is not None:
+            system.signatures[name] = result.signature
+    system.details["metric_seconds"] = timings
+    return system
+
+
+def generate_and_score(
+    label: str,
+    loaded: LoadedModel,
+    sources: list[str],
+    targets: list[str],
+    names: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    chat: bool | None,
+    system_prompt: str | None,
+) -> SystemScores:
+    """Greedy answers to `sources` (through the chat template when the model has one, unless
+    `chat` says otherwise), scored against `targets`; the answers are kept as predictions."""
+    from llmkit.inference.generate import generate_texts
+    from llmkit.io.console import note
+
+    use_chat = _use_chat(loaded, chat)
+    options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+    note(f"[{label}] generating {len(sources)} answers ({'chat template' if use_chat else 'raw'})")
+    start = time.perf_counter()
+    outputs = generate_texts(
+        loaded, sources, options, batch_size=batch_size, chat=use_chat, system=system_prompt
+    )
+    seconds = time.perf_counter() - start
+    preds = [o[0].strip() for o in outputs]
+    system = score_texts(label, loaded.description, preds, targets, names)
+    system.details.update(chat_template=use_chat, generation_seconds=round(seconds, 2))
+    system.predictions = [
+        {"index": i, "source": s, "reference": t, "prediction": p}
+        for i, (s, t, p) in enumerate(zip(sources, targets, preds, strict=True))
+    ]
+    return system
+
+
+def _use_chat(loaded: LoadedModel, chat: bool | None) -> bool:
+    has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise UsageError(f"{loaded.description} has no chat template")
+    return has_template if chat is None else chat
+
+
+def default_model_ref(runs_root: Path) -> str:
+    """The newest finished run if it holds a causal LM (full model or LoRA adapter), else the
+    embedded SmolLM2."""
+    run = latest_run(runs_root)
+    if run is not None and _is_causal_lm_folder(run.path):
+        return str(run.path)
+    return DEFAULT_CAUSAL_LM
+
+
+def _is_causal_lm_folder(path: Path) -> bool:
+    config, adapter = path / "config.json", path / "adapter_config.json"
+    if adapter.exists():
+        return json.loads(adapter.read_text()).get("task_type") == "CAUSAL_LM"
+    if config.exists():
+        archs = json.loads(config.read_text()).get("architectures") or []
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return False
+
+
+# --- perplexity --------------------------------------------------------------------------------
+
+
+@dataclass
+class TextSet:
+    """What perplexity is measured on: raw texts, or a run's token blocks (already ids)."""
+
+    description: str
+    texts: list[str] = field(default_factory=list)
+    blocks: list[list[int]] | None = None
+
+
+def run_validation_blocks(run_path: Path, cap_tokens: int | None) -> TextSet:
+    """The validation blocks of a pretraining run (its recipe.yaml, through the prep cache)."""
+    from llmkit.config.loader import load_recipe
+    from llmkit.config.pretrain import PretrainRecipe
+    from llmkit.data.prep import load_prepared
+
+    recipe_file = RunDir(run_path).recipe_file
+    if not recipe_file.exists():
+        raise UsageError(f"{run_path}: a folder must be a run folder with recipe.yaml")
+    try:
+        recipe = load_recipe(PretrainRecipe, recipe_file)
+    except UsageError:
+        raise UsageError(
+            f"{run_path}: recipe.yaml is not a pretraining recipe (no text split to score); "
+            "score text files instead"
+        ) from None
+    if recipe.task != "causal_lm":
+        raise UsageError(f"{run_path}: a {recipe.task} run has no causal perplexity")
+    validation = load_prepared(recipe).validation
+    n = len(validation) if cap_tokens is None else max(1, cap_tokens // validation.shape[1])
+    blocks = [[int(t) for t in row] for row in validation[:n]]
+    return TextSet(
+        f"validation split of {run_path}: {len(blocks)} of {len(validation)} blocks x "
+        f"{validation.shape[1]} tokens",
+        blocks=blocks,
+    )
+
+
+def measure_perplexity(
+    system: SystemScores,
+    loaded: LoadedModel,
+    text_set: TextSet,
+    max_length: int | None,
+    stride: int | None,
+    *,
+    window_cap: int = MAX_DEFAULT_WINDOW,
+) -> None:
+    """Both methods on texts; per document only on a run's blocks (they are not contiguous
+    text, so a window sliding across them would mix unrelated passages)."""
+    context = perplexity.model_context_length(loaded.model)
+    length = max_length or min(context or window_cap, window_cap)
+    if context is not None and length > context:
+        raise UsageError(f"max_length {length} exceeds the model's context of {context} tokens")
+    step = stride or max(1, length // 2)  # the HF guide's 512 for GPT-2's 1024
+    results = []
+    start = time.perf_counter()
+    model, tok = loaded.model, loaded.tokenizer
+    if text_set.blocks is not None:
+        results.append(
+            perplexity.perplexity_of_ids(
+                model, text_set.blocks, max_length=length, stride=length, method="per_document"
+            )
+        )
+    else:
+        results += [
+            perplexity.perplexity_sliding(
+                model, tok, text_set.texts, max_length=length, stride=step
+            ),
+            perplexity.perplexity_per_document(model, tok, text_set.texts, max_length=length),
+        ]
+    for r in results:
+        system.values[f"perplexity_{r.method}"] = r.ppl
+        system.details[f"perplexity_{r.method}"] = {
+            "tokens": r.tokens,
+            "mean_nll": r.nll,
+            "max_length": r.max_length,
+            "stride": r.stride,
+        }
+    system.details["perplexity_seconds"] = round(time.perf_counter() - start, 2)
+
+
+# --- the default suite's held-out data ---------------------------------------------------------
+
+
+def held_out_shakespeare() -> str:
+    """The last ~3,500 characters of The Winter's Tale, from a line start.
+
+    Fixed (not sampled) so the number is comparable across runs and machines.
+    """
+    text = assets.shakespeare_files()[-1].read_text(encoding="utf-8")
+    tail = text[-HELD_OUT_CHARS:]
+    return tail[tail.index("\n") + 1 :]
+
+
+def held_out_questions() -> list[dict[str, str]]:
+    """Held-out chatterbot pairs, one per distinct question (the first answer is the reference).
+
+    116 held-out pairs hold 94 distinct questions ("You are not making sense" has 5 answers):
+    generating the same answer 5 times would cost time and weigh that question 5x.
+    """
+    _, held_out = assets.chatterbot_split()
+    first: dict[str, dict[str, str]] = {}
+    for pair in held_out:
+        first.setdefault(pair["question"], pair)
+    return list(first.values())
+
+
+def suite_text_set(ref: str) -> TextSet:
+    """A pretraining run's own validation split (text it never trained on), else the fixed
+    held-out slice of Shakespeare."""
+    path = Path(ref)
+    why = ""
+    if path.is_dir() and RunDir(path).recipe_file.exists():
+        try:
+            return run_validation_blocks(path, cap_tokens=RUN_VALIDATION_TOKENS)
+        except UsageError as e:  # e.g. a fine-tuning run: its recipe has no text split
+            why = f" (the run's validation split is not available: {e})"
+    return TextSet(
+        f"embedded:shakespeare held-out slice: last {HELD_OUT_CHARS:,} characters of "
+        f"The Winter's Tale{why}",
+        texts=[held_out_shakespeare()],
+    )
+
+
+def decoding_settings(max_new_tokens: int) -> dict[str, Any]:
+    return {"do_sample": False, "max_new_tokens": max_new_tokens}

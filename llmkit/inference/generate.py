@@ -1,0 +1,300 @@
+"""Generation: decoding options -> one GenerationConfig -> length-sorted, left-padded batches
+-> `model.generate` -> completions in input order, cut at the first stop string.
+
+`generate_texts` is the entry point for commands (`generate`, `eval`) and for evaluation
+during fine-tuning (`generate_answers`). Nothing runs per token in Python except the
+streamer, and only when streaming.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmkit.config.decoding import SAMPLING_FIELDS, DecodingConfig
+from llmkit.errors import UsageError
+from llmkit.io.console import ProgressBar
+from llmkit.models.load import LoadedModel
+
+# When neither the model's generation_config nor the user names a length, transformers stops
+# at max_length=20 tokens *including* the prompt: a 15-token prompt would get 5 new tokens.
+# 128 new tokens is ~9 s for SmolLM2-135M on 2 CPU cores (~15 tokens/s at batch 1).
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+@dataclass
+class GenerationResult:
+    completions: list[list[str]]  # per prompt, in input order: num_return_sequences strings
+    new_tokens: int  # tokens generated over all sequences, padding after EOS excluded
+    seconds: float
+
+
+# --- decoding options -> transformers GenerationConfig ------------------------------------
+
+
+def generation_config_for(loaded: LoadedModel, options: DecodingConfig) -> Any:
+    """The model's generation_config with the set options on top, checked as a whole."""
+    import copy
+
+    config = copy.deepcopy(loaded.model.generation_config)
+    config.update(**_hf_updates(options))
+    if config.max_new_tokens is None and config.max_length is None:
+        config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    if config.pad_token_id is None:
+        config.pad_token_id = pad_token_id(loaded.tokenizer)
+    _check_combination(config)
+    return config
+
+
+def _hf_updates(options: DecodingConfig) -> dict[str, Any]:
+    """DecodingConfig fields under their transformers names; seed is applied separately."""
+    updates = options.is_set()
+    updates.pop("seed", None)
+    sample = options.sampling_implied()
+    if sample is not None:
+        updates["do_sample"] = sample
+    if sample is False:
+        # Greedy (do_sample false) beats a recipe's temperature: drop the knobs rather than let
+        # transformers warn that they are ignored.
+        for name in SAMPLING_FIELDS:
+            updates.pop(name, None)
+    if "stop" in updates:
+        updates["stop_strings"] = updates.pop("stop")
+    return updates
+
+
+def _check_combination(config: Any) -> None:
+    beams = config.num_beams or 1
+    n = config.num_return_sequences or 1
+    if not config.do_sample and n > beams:
+        raise UsageError(
+            f"num_return_sequences={n} needs sampling or num_beams >= {n}: "
+            "greedy decoding gives one answer per prompt"
+        )
+    try:
+        config.validate()
+    except ValueError as e:
+        raise UsageError(f"decoding options: {str(e).splitlines()[0]}") from None
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The pad id for left padding: the tokenizer's, else EOS (GPT-2 has no pad token)."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0  # masked out anyway; without an EOS, rows never finish early
+
+
+# --- prompts -> token ids -> batches ----------------------------------------------------------
+
+
+def encode_prompts(
+    tokenizer: Any, prompts: list[str], *, chat: bool = False, system: str | None = None
+) -> list[list[int]]:
+    """Token ids per prompt, unpadded. With `chat`, each prompt becomes a user turn."""
+    if system is not None and not chat:
+        raise UsageError("a system prompt is part of a chat template: it needs chat=True")
+    if chat:
+        texts = [_chat_text(tokenizer, p, system) for p in prompts]
+        # The template already holds BOS and role markers: adding special tokens would double them.
+        ids: list[list[int]] = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(prompts)["input_ids"]
+    empty = [i + 1 for i, row in enumerate(ids) if not row]
+    if empty:
+        raise UsageError(f"prompt {empty[0]} is empty: there is nothing to continue")
+    return ids
+
+
+def _chat_text(tokenizer: Any, prompt: str, system: str | None) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UsageError(
+            "this model's tokenizer has no chat template (an instruction-tuned model such as "
+            "embedded:smollm2 has one): continue the raw text instead"
+        )
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    messages.append({"role": "user", "content": prompt})
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # jinja2 TemplateError, e.g. a template that rejects system turns
+        raise UsageError(f"the chat template failed: {e}") from None
+    return str(text)
+
+
+def check_context(model: Any, ids: list[list[int]], max_new_tokens: int | None) -> None:
+    """Refuse prompts that cannot fit: past the position table a GPT-2 fails mid-batch."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    if not limit or max_new_tokens is None:
+        return
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    if len(ids[longest]) + max_new_tokens > limit:
+        raise UsageError(
+            f"prompt {longest + 1} is {len(ids[longest])} tokens; with max_new_tokens="
+            f"{max_new_tokens} it exceeds the model's context of {limit} tokens"
+        )
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped in batches, longest prompts first.
+
+    Similar lengths share a batch, so little compute goes to padding (a batch of 8 with one
+    200-token prompt among 10-token ones would run ~20x the tokens it needs), and the
+    biggest batch runs first, so an out-of-memory shows up in seconds, not at the end.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep order
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, attention_mask), both [batch, longest]. Decoder-only models continue from
+    the last position, so padding must go on the left."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return input_ids, mask
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+def generate_texts(
+    loaded: LoadedModel, prompts: list[str], options: DecodingConfig, **kwargs: Any
+) -> list[list[str]]:
+    """Completions only (no prompt text), in input order: one list of
+    num_return_sequences strings per prompt. Options as `generate_with_stats`."""
+    return generate_with_stats(loaded, prompts, options, **kwargs).completions
+
+
+def generate_with_stats(
+    loaded: LoadedModel,
+    prompts: list[str],
+    options: DecodingConfig,
+    *,
+    batch_size: int = 8,
+    chat: bool = False,
+    system: str | None = None,
+    progress: bool = True,
+    streamer: Any = None,
+) -> GenerationResult:
+    """`generate_texts` plus token count and time; `streamer` needs a single prompt."""
+    import torch
+
+    if not prompts:
+        return GenerationResult(completions=[], new_tokens=0, seconds=0.0)
+    config = generation_config_for(loaded, options)
+    ids = encode_prompts(loaded.tokenizer, prompts, chat=chat, system=system)
+    check_context(loaded.model, ids, config.max_new_tokens)
+    batches = length_sorted_batches([len(r) for r in ids], batch_size)
+    if options.seed is not None:
+        torch.manual_seed(options.seed)  # seeds CPU and every CUDA device
+
+    completions: list[list[str]] = [[] for _ in prompts]
+    new_tokens = 0
+    start = time.perf_counter()
+    bar = ProgressBar("generating", len(prompts), enabled=progress and len(batches) > 1)
+    with torch.inference_mode(), bar:
+        for batch in batches:
+            texts, n = _generate_batch(loaded, [ids[i] for i in batch], config, streamer)
+            per_prompt = len(texts) // len(batch)  # generate returns n sequences per row, grouped
+            for j, i in enumerate(batch):
+                completions[i] = texts[j * per_prompt : (j + 1) * per_prompt]
+            new_tokens += n
+            bar(len(batch))
+    return GenerationResult(completions, new_tokens, time.perf_counter() - start)
+
+
+def _generate_batch(
+    loaded: LoadedModel, rows: list[list[int]], config: Any, streamer: Any
+) -> tuple[list[str], int]:
+    model, tokenizer = loaded.model, loaded.tokenizer
+    input_ids, mask = left_pad(rows, config.pad_token_id)
+    device = model.device
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        generation_config=config,
+        # stop_strings are matched on token *strings*, so generate needs the tokenizer.
+        tokenizer=tokenizer if config.stop_strings else None,
+        streamer=streamer,
+    )
+    new = out[:, input_ids.shape[1] :]
+    n_tokens = int((new != config.pad_token_id).sum())
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    stops = _as_list(config.stop_strings)
+    return [cut_at_stop(t, stops) for t in texts], n_tokens
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """Text before the earliest stop string (the stop string itself is dropped)."""
+    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
+    return text[:cut]
+
+
+def _as_list(stops: str | list[str] | None) -> list[str]:
+    if stops is None:
+        return []
+    return [stops] if isinstance(stops, str) else list(stops)
+
+
+def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
+    """A TextStreamer that prints to stdout but never shows a stop string or what follows.
+
+    Text that could be the start of a stop string is held back until the next token shows it
+    is not (stop "\\n\\n": a lone "\\n" waits one token).
+    """
+    from transformers import TextStreamer
+
+    class StopAwareStreamer(TextStreamer):
+        def __init__(self) -> None:
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+            self.text = ""
+            self.shown = 0
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            self.text += text
+            visible = cut_at_stop(self.text, stops)
+            if len(visible) == len(self.text) and not stream_end:
+                visible = visible[: len(visible) - _partial_stop(visible, stops)]
+            sys.stdout.write(visible[self.shown :])
+            self.shown = max(self.shown, len(visible))
+            if stream_end:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+
+    return StopAwareStreamer()
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that begins some stop string."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int
+) -> list[str]:
+    """Greedy completions (prompt text not included) from a model being trained: switched
+    to eval mode for the call and back."""
+    was_training = model.training
+    model.eval()
+    try:
+        loaded = LoadedModel(model=model, tokenizer=tokenizer, description="")
+        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+        out = generate_texts(loaded, prompts, options, progress=False)
+    finally:
+        model.train(was_training)
+    return [c[0].strip() for c in out]
+
+
+def sample_answer(model: Any, tokenizer: Any, prompt: str) -> str:
+    return generate_answers(model, tokenizer, [prompt], max_new_tokens=48)[0]

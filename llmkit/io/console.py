@@ -1,0 +1,57 @@
+"""What a person watching sees: status lines on stderr and progress bars.
+
+Status goes to stderr so stdout carries only results (completions, tables, JSON) and stays
+safe to pipe. Bars are drawn only on a terminal: in a log file they are noise.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def note(message: str) -> None:
+    """One status line on stderr, flushed at once (a long job's log must show where it is)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """A rich progress bar on stderr counting `total` items; a no-op when `enabled` is false
+    or stderr is not a terminal. Use as a context manager and call it with each advance."""
+
+    def __init__(self, label: str, total: int, *, enabled: bool = True) -> None:
+        self.progress: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.task = self.progress.add_task(label, total=total)
+
+    def __enter__(self) -> ProgressBar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, advance: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, advance)

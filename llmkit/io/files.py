@@ -1,0 +1,212 @@
+"""The one reader of user files: text, JSONL / JSON arrays, CSV, with errors that name the line.
+
+Every command that reads a user's file goes through here, so a bad file reads the same
+everywhere: `path:LINE: malformed JSON (...)`, `path:LINE: no field 'x' (fields: a, b)`.
+Up to 10 bad lines are reported at once: enough to show a pattern without flooding a
+terminal for a file of 10,000 bad lines. Messages name files and fields; the command layer
+adds which flag picks them (the `hint` arguments).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from llmkit.errors import UsageError
+
+MAX_PROBLEMS = 10
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+Record = dict[str, Any]
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; a bad byte is reported with its line and offset."""
+    if not path.exists():
+        raise UsageError(f"file {path} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "re-encode the file, e.g. `iconv -f latin1 -t utf-8`"
+        ) from e
+
+
+def read_records(
+    path: Path, check: Callable[[Record], str | None] | None = None
+) -> list[tuple[str, Record]]:
+    """(where, row) for every row of a .jsonl, .json (array or one object a line) or .csv
+    file; `where` is `path:LINE` (or `path: item N`) for messages about that row.
+
+    `check(row)` returns a problem with a row (a missing column, say) or None; malformed
+    lines and failed checks are reported together, so one run shows every bad line.
+    """
+    text = read_text(path)
+    if path.suffix.lower() == ".csv":
+        rows = csv.DictReader(text.splitlines())
+        table = [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(rows)]  # line 1: header
+        return _checked(table, [], check)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        return _checked([(f"{path}: item {i}", item) for i, item in enumerate(items)], [], check)
+    parsed: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append((f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
+    return _checked(parsed, problems, check)
+
+
+def has_field(name: str, hint: str) -> Callable[[Record], str | None]:
+    """A `check` for read_records: the row must have column `name`."""
+
+    def check(row: Record) -> str | None:
+        if name in row:
+            return None
+        return f"no field '{name}' (fields: {_names(row)}); {hint}"
+
+    return check
+
+
+def raise_problems(problems: list[str]) -> None:
+    if not problems:
+        return
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more"]
+    raise UsageError(problems[0], problems=problems)
+
+
+def _checked(
+    items: list[tuple[str, Any]],
+    problems: list[str],
+    check: Callable[[Record], str | None] | None,
+) -> list[tuple[str, Record]]:
+    for where, item in items:
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a JSON object, got {type(item).__name__}")
+        elif check is not None and (problem := check(item)) is not None:
+            problems.append(f"{where}: {problem}")
+    # Report in file order, whichever pass found the problem.
+    problems.sort(key=_line_of)
+    raise_problems(problems)
+    return items
+
+
+def _line_of(problem: str) -> int:
+    head = problem.split(": ", 1)[0]
+    tail = head.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def read_document(path: Path) -> str:
+    """The whole text of a file that must hold some (an empty file is an error)."""
+    text = read_text(path)
+    if not text.strip():
+        raise UsageError(f"{path} is empty: it holds no texts")
+    return text
+
+
+def is_table(path: Path) -> bool:
+    """Rows with named fields (.jsonl/.json/.csv, any case), rather than one text per line."""
+    return path.suffix.lower() in TABLE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Texts:
+    """One text per line of a text file, or one field per row of a table."""
+
+    texts: list[str]
+    records: list[Record]  # the whole row of each text (a text line: {default field: line})
+    field: str | None  # the field read, None for a text file
+
+
+def read_texts(
+    path: Path,
+    field: str | None = None,
+    *,
+    candidates: tuple[str, ...] = ("text",),
+    blank_lines: Literal["skip", "keep"] = "skip",
+    hint: str = "",
+) -> Texts:
+    """Texts from a .txt file (one per line) or a table (`field`, else the first of
+    `candidates` that the first row has).
+
+    `blank_lines="skip"` is for inputs (prompts, texts to embed): blank lines are passed over
+    and a table's text must not be empty. `"keep"` is for outputs being scored: an empty
+    prediction is still a prediction, and line N must stay line N. `hint` ends the message
+    about a missing field (which option picks another one).
+    """
+    text = read_document(path)
+    tail = f"; {hint}" if hint else ""
+    if not is_table(path):
+        # Not splitlines(): it also splits at \f, \x1c, U+2028, ..., so line N of the
+        # file would not be text N.
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        if lines[-1] == "":
+            lines.pop()
+        if blank_lines == "skip":
+            lines = [line for line in lines if line.strip()]
+        key = field or candidates[0]
+        return Texts(lines, [{key: line} for line in lines], None)
+    rows = read_records(path)
+    if field is not None or len(candidates) == 1:
+        key = field or candidates[0]
+    else:
+        key = _first_present(rows[0], candidates, tail)
+    texts = field_texts(rows, key, blank_lines=blank_lines, hint=hint)
+    return Texts(texts, [row for _, row in rows], key)
+
+
+def field_texts(
+    rows: list[tuple[str, Record]],
+    key: str,
+    *,
+    blank_lines: Literal["skip", "keep"] = "skip",
+    hint: str = "",
+) -> list[str]:
+    """Field `key` of every row as text (numbers are written as text; lists, objects, null
+    and booleans are refused); every bad row is reported at once."""
+    tail = f"; {hint}" if hint else ""
+    problems = []
+    texts = []
+    for where, row in rows:
+        value = row.get(key)
+        if key not in row:
+            problems.append(f"{where}: no field '{key}' (fields: {_names(row)}){tail}")
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
+            problems.append(f"{where}: field '{key}' must be text, got {value!r:.80}")
+        elif blank_lines == "skip" and not str(value).strip():
+            problems.append(f"{where}: field '{key}' must be non-empty text, got {value!r}")
+        else:
+            texts.append(str(value))
+    raise_problems(problems)
+    return texts
+
+
+def _first_present(first: tuple[str, Record], candidates: tuple[str, ...], tail: str) -> str:
+    where, row = first
+    for name in candidates:
+        if name in row:
+            return name
+    raise UsageError(
+        f"{where}: none of the fields {', '.join(candidates)} (fields: {_names(row)}){tail}"
+    )
+
+
+def _names(row: Record) -> str:
+    return ", ".join(map(str, row)) or "none"

@@ -1,0 +1,81 @@
+"""Build a model for pretraining: from the recipe's sizes, or loaded from `model.init`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmkit.models.load import check_vocab, loading, resolve_ref
+
+
+def build_model(recipe: Any, tokenizer: Any) -> Any:
+    """A model for pretraining: built from the recipe's sizes, or loaded from `model.init`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    m = recipe.model
+    auto = AutoModelForMaskedLM if recipe.task == "masked_lm" else AutoModelForCausalLM
+    if m.init is not None:
+        if m.trust_remote_code:
+            print(f"warning: trust_remote_code is on: code shipped with {m.init} will run")
+        with loading("model", m.init, "model.init"):
+            model = auto.from_pretrained(
+                resolve_ref(m.init),
+                attn_implementation=m.attn_implementation,
+                trust_remote_code=m.trust_remote_code,
+            )
+        check_vocab(model, tokenizer, "model.init")
+        return model
+
+    # Round the embedding up (50257 -> 50304 for GPT-2): the extra rows are never targets,
+    # and aligned shapes let the output projection use faster matmul kernels.
+    mult = m.pad_vocab_to_multiple_of
+    vocab = -(-len(tokenizer) // mult) * mult
+    config = AutoConfig.for_model(m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides)
+    model = auto.from_config(config, attn_implementation=m.attn_implementation)
+    return model
+
+
+def _arch_kwargs(m: Any, vocab: int, tok: Any) -> dict[str, Any]:
+    """llmkit's generic sizes -> each family's config names."""
+    if m.arch == "gpt2":
+        return {
+            "vocab_size": vocab,
+            "n_positions": m.max_position_embeddings,
+            "n_embd": m.hidden_size,
+            "n_layer": m.num_layers,
+            "n_head": m.num_heads,
+            "n_inner": m.intermediate_size,
+            "resid_pdrop": m.dropout,
+            "embd_pdrop": m.dropout,
+            "attn_pdrop": m.dropout,
+            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id,
+        }
+    if m.arch == "llama":
+        # SwiGLU has three matrices, so 8/3 x hidden keeps the MLP's parameters at 4x-MLP size;
+        # rounded to a multiple of 64 for aligned matmuls.
+        inter = m.intermediate_size or -(-(8 * m.hidden_size // 3) // 64) * 64
+        return {
+            "vocab_size": vocab,
+            "hidden_size": m.hidden_size,
+            "intermediate_size": inter,
+            "num_hidden_layers": m.num_layers,
+            "num_attention_heads": m.num_heads,
+            "num_key_value_heads": m.num_kv_heads or m.num_heads,
+            "max_position_embeddings": m.max_position_embeddings,
+            "attention_dropout": m.dropout,
+            "tie_word_embeddings": True,
+            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id,
+        }
+    return {  # bert
+        "vocab_size": vocab,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.intermediate_size or 4 * m.hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "max_position_embeddings": m.max_position_embeddings,
+        "hidden_dropout_prob": m.dropout,
+        "attention_probs_dropout_prob": m.dropout,
+        "pad_token_id": tok.pad_token_id,
+    }

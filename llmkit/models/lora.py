@@ -1,0 +1,126 @@
+"""LoRA (peft): which layers to adapt, wrapping a model, and merging an adapter back in.
+
+W' = W + (alpha / r) * B @ A for every adapted matrix; `merge_adapter` folds it in (peft's
+`merge_and_unload`), so the result loads with `AutoModelFor*.from_pretrained(folder)`: no
+peft, no extra matmuls at inference.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import UsageError
+from llmkit.models.load import resolve_ref
+
+if TYPE_CHECKING:
+    from llmkit.config.finetune import FinetuneRecipe
+
+# LoRA targets when the recipe names none: every attention projection (the LoRA paper adapts
+# q and v; QLoRA found adapting all of them closes most of the gap to full fine-tuning).
+DEFAULT_LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+    "bert": ["query", "key", "value"],
+}
+
+
+def lora_targets(model: Any, requested: list[str] | None) -> list[str]:
+    """The recipe's target modules, checked against the model, or the architecture's default."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    present = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear | Conv1D)
+        }
+    )
+    arch = getattr(model.config, "model_type", "?")
+    if requested is None:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        default = DEFAULT_LORA_TARGETS.get(arch) or PEFT_DEFAULTS.get(arch)
+        if default is None:
+            raise UsageError(
+                f"lora.target_modules: no default for model type '{arch}'; "
+                f"name some of: {', '.join(present)}"
+            )
+        return list(default)
+    missing = [name for name in requested if name not in present]
+    if missing:
+        raise UsageError(
+            f"lora.target_modules: {', '.join(missing)} not in the model "
+            f"({type(model).__name__} has: {', '.join(present)})"
+        )
+    return list(requested)
+
+
+def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lo = recipe.lora
+    config = LoraConfig(
+        task_type="SEQ_CLS" if recipe.task == "classification" else "CAUSAL_LM",
+        r=lo.r,
+        lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
+        lora_dropout=lo.dropout,
+        target_modules=lora_targets(model, lo.target_modules),
+        # GPT-2's Conv1D stores weights transposed (in x out); peft needs telling.
+        fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
+    )
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: not ours to fix.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config)
+
+
+def describe_model(model: Any, recipe: FinetuneRecipe) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base = model.get_base_model() if recipe.lora.enabled else model
+    how = f"LoRA r={recipe.lora.r}" if recipe.lora.enabled else "full fine-tuning"
+    return (
+        f"model: {type(base).__name__} from {recipe.base_model}, {how}: "
+        f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trainable "
+        f"({100 * trainable / total:.2f}%)"
+    )
+
+
+def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
+    """Base model + adapter, merged, in fp32 (merging in low precision rounds the update)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    base_ref = str(adapter.get("base_model_name_or_path") or "")
+    if not base_ref:
+        raise UsageError(f"{run}/adapter_config.json: base_model_name_or_path is empty")
+    task = adapter.get("task_type")
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if task == "SEQ_CLS":
+        # The head's size and names live in the run's config (saved next to the adapter).
+        auto: Any = AutoModelForSequenceClassification
+        head = (
+            json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+        )
+        labels = head.get("id2label") or {}
+        kwargs |= {
+            "num_labels": len(labels) or 2,
+            "id2label": {int(k): v for k, v in labels.items()} or None,
+            "label2id": head.get("label2id"),
+        }
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    else:
+        auto = AutoModelForCausalLM
+    try:
+        base = auto.from_pretrained(resolve_ref(base_ref), **kwargs)
+    except OSError as e:
+        raise UsageError(f"base model {base_ref}: {str(e).splitlines()[0]}") from e
+    model = PeftModel.from_pretrained(base, str(run))
+    return model.merge_and_unload()
