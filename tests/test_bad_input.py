@@ -193,7 +193,11 @@ CASES: dict[str, Case] = {
     "output folder holds a run": Case(
         ["pretrain", TINY, "--output-dir", "runs/old"],
         "output dir runs/old already holds a run",
-        {"runs/old/recipe.yaml": "name: old\n", "runs/old/model.safetensors": b"weights"},
+        {
+            "runs/old/recipe.yaml": "name: old\n",
+            "runs/old/config.json": "{}",
+            "runs/old/model.safetensors": b"weights",
+        },
     ),
     "resume without checkpoint": Case(
         ["pretrain", TINY, "--resume", "--output-dir", "runs/new"],

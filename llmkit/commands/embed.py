@@ -12,7 +12,7 @@ from llmkit.config.requests import EmbedRequest
 from llmkit.errors import UsageError
 from llmkit.io.console import note
 from llmkit.io.files import read_texts
-from llmkit.io.write import save_npy, write_jsonl
+from llmkit.io.write import check_output, save_npy, write_jsonl
 
 OUTPUT_SUFFIXES = (".npy", ".jsonl")
 
@@ -23,6 +23,7 @@ def run_embed(req: EmbedRequest) -> None:
 
     if req.output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {req.output}: use a .npy or .jsonl file name")
+    check_output(req.output, [req.file])
     texts = read_texts(req.file, req.field, hint="pick one with --field").texts
     encoder, tokenizer, max_tokens = load_encoder(req.model)
     n_params = sum(p.numel() for p in encoder.parameters())

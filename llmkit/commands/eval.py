@@ -22,10 +22,11 @@ from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation import score
 from llmkit.evaluation.metrics import parse_metric_names
-from llmkit.evaluation.report import Report, SystemScores, compare, save, show
+from llmkit.evaluation.report import EVAL, EVAL_FILES, Report, SystemScores, compare, save, show
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON
+from llmkit.io.write import check_output, owner_kind
 from llmkit.models.load import LoadedModel
 
 EMBEDDED_CHATTERBOT = "embedded:chatterbot"
@@ -86,8 +87,14 @@ def prepare_output_dir(req: EvalRequest) -> Path:
             while (out / METRICS_JSON).exists():  # two evals in the same second
                 out = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{n}"
                 n += 1
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output dir {out} exists and is not a folder")
+    inputs = [req.preds, req.refs, req.preds_b, *(req.text or [])]
+    check_output(out, [*inputs, Path(req.data) if req.data else None], folder=True)
+    foreign = [p.name for p in out.iterdir() if p.name not in EVAL_FILES] if out.is_dir() else []
+    if foreign and owner_kind(out) != EVAL:
+        raise UsageError(
+            f"output dir {out} holds files llmkit did not make; llmkit writes results only "
+            "into new, empty or its own evaluation folders: choose another --output-dir"
+        )
     if (out / METRICS_JSON).exists() and not req.overwrite:
         raise UsageError(
             f"{out / METRICS_JSON} already exists: pass --overwrite to replace it, "

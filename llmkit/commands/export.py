@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from llmkit.config.requests import ExportRequest
 from llmkit.errors import UsageError
+from llmkit.io.write import check_output, check_replaceable, replace_folder
+
+EXPORT = "export"  # the marker kind of an export folder
 
 
 def run_export(req: ExportRequest) -> Path:
@@ -25,18 +27,28 @@ def run_export(req: ExportRequest) -> Path:
     run = req.run
     adapter = _adapter_config(run)
     out = req.output or run.with_name(f"{run.name}-merged")
-    if out.exists() and any(out.iterdir()) and not req.overwrite:
-        raise UsageError(
-            f"output {out} already exists and is not empty; pass --overwrite or --output"
-        )
+    check_output(out, [run], folder=True)
+    if out.exists() and any(out.iterdir()):
+        if not req.overwrite:
+            raise UsageError(
+                f"output {out} already exists and is not empty; pass --overwrite or --output"
+            )
+        check_replaceable(out, EXPORT)  # only an earlier export, never the run or user files
     model = merge_adapter(run, adapter)
     tokenizer = load_tokenizer(str(run))
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(out)  # safetensors by default
-    tokenizer.save_pretrained(out)
-    if getattr(model, "generation_config", None) is not None and model.can_generate():
-        model.generation_config.save_pretrained(out)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)  # safetensors by default
+        tokenizer.save_pretrained(folder)
+        if getattr(model, "generation_config", None) is not None and model.can_generate():
+            model.generation_config.save_pretrained(folder)
+
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder the user made for it
+    try:
+        replace_folder(out, save, kind=EXPORT)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror} (is the disk full?)") from e
     n = sum(p.numel() for p in model.parameters())
     print(f"merged {run} into {type(model).__name__} ({n / 1e6:.1f}M parameters): {out}")
     if req.push_to_hub is not None:

@@ -17,7 +17,7 @@ from llmkit.errors import UsageError
 from llmkit.inference.generate import GenerationResult, generate_with_stats, make_streamer
 from llmkit.io.console import note
 from llmkit.io.files import read_texts
-from llmkit.io.write import write_jsonl
+from llmkit.io.write import check_output, write_jsonl
 from llmkit.models.load import LoadedModel
 
 
@@ -28,6 +28,8 @@ def run_generate(req: GenerateRequest) -> None:
     options = layered(req.recipe, req.decoding())
     prompts, records = _collect_prompts(req)
     _check_modes(req, options)
+    if req.output is not None:
+        check_output(req.output, [req.input, req.recipe])
     loaded = load_causal_lm(req.model or DEFAULT_CAUSAL_LM, trust_remote_code=req.trust_remote_code)
     note(f"model: {loaded.description}")
     if req.input is None:
@@ -48,10 +50,17 @@ def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, An
         raise UsageError("--field and --output go with --input FILE")
     if req.prompt is None:
         raise UsageError("give a PROMPT, '-' to read it from stdin, or --input FILE")
-    prompt = sys.stdin.read().rstrip("\n") if req.prompt == "-" else req.prompt
+    prompt = _stdin() if req.prompt == "-" else req.prompt
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return [prompt], [{"prompt": prompt}]
+
+
+def _stdin() -> str:
+    try:
+        return sys.stdin.read().rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}): pipe UTF-8 text") from None
 
 
 def _check_modes(req: GenerateRequest, options: DecodingConfig) -> None:

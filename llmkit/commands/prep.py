@@ -3,10 +3,13 @@ tokenizer`: train a tokenizer on files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llmkit.config.pretrain import PretrainRecipe
 from llmkit.config.requests import TokenizerRequest
 from llmkit.data.prep import PreparedData, load_tokenizer_for, prepare
 from llmkit.errors import UsageError
+from llmkit.io.write import check_output
 
 
 def run_prep(recipe: PretrainRecipe) -> PreparedData:
@@ -19,6 +22,7 @@ def run_tokenizer(req: TokenizerRequest) -> None:
 
     if req.output.exists() and (not req.output.is_dir() or any(req.output.iterdir())):
         raise UsageError(f"--output {req.output} is not empty; choose a new folder")
+    check_output(req.output, [Path(s) for s in req.sources], folder=True)
     train_tokenizer(
         req.sources,
         req.output,

@@ -24,9 +24,68 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """A config mapping: unknown keys are errors, assignments are validated too."""
+    """A config mapping: unknown keys are errors, assignments are validated too, and every
+    float must be finite (a NaN learning rate trains to NaN weights; `epochs: .inf` never ends)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# A recipe is a few dozen keys: anchors and aliases are fine (DRY sections), but a document
+# that expands to more nodes than this is a "billion laughs" bomb, not a recipe.
+MAX_YAML_NODES = 100_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last
+    and drops the first block without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)  # `<<: *defaults` merges are not duplicates
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' appears twice in one mapping (first on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_nodes(node: Any, memo: dict[int, int]) -> int:
+    """How many nodes the document holds once every alias is expanded (memoized per node, so
+    this is linear in the file even when the expansion is exponential)."""
+    if id(node) not in memo:
+        children: list[Any] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        memo[id(node)] = 1 + sum(_expanded_nodes(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python, strictly: duplicate keys and alias bombs are errors (yaml.YAMLError)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if (n := _expanded_nodes(node, {})) > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"the document expands to {n:,} nodes through its aliases "
+                f"(more than {MAX_YAML_NODES:,})",
+                node.start_mark,
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def read_yaml(file: Path) -> dict[str, Any]:
@@ -36,7 +95,9 @@ def read_yaml(file: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise UsageError(f"{file}: not UTF-8 text (byte {e.start})") from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except RecursionError:
+        raise UsageError(f"{file}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -57,7 +118,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UsageError(f"override '{item}': expected PATH=VALUE, e.g. train.lr=3.0e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # a plain string such as `a: b` that YAML would misread
     node = data

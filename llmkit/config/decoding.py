@@ -22,6 +22,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from llmkit.config.base import Section, read_yaml, validate
 from llmkit.errors import UsageError
 
+# More new tokens than any model's context (the largest open models take ~10**6): 10**9 was
+# accepted, then failed after the model had loaded.
+MAX_NEW_TOKENS = 1_000_000
 # Options that only change anything when sampling; setting one implies do_sample=True unless
 # do_sample is set (to False) explicitly, which then drops them (see `sampling_implied`).
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
@@ -33,6 +36,7 @@ class DecodingConfig(Section):
     max_new_tokens: int | None = Field(
         default=None,
         gt=0,
+        le=MAX_NEW_TOKENS,
         description="Most tokens to generate after the prompt (llmkit default 128).",
     )
     do_sample: bool | None = Field(
@@ -79,7 +83,10 @@ class DecodingConfig(Section):
         description="Completions per prompt (needs sampling or that many beams).",
     )
     seed: int | None = Field(
-        default=None, ge=0, description="Seed torch before generating: same seed, same samples."
+        default=None,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed torch before generating: same seed, same samples.",
     )
     stop: list[str] | None = Field(
         default=None, description="Stop at the first of these strings; it is cut from the output."

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal, cast
 from pydantic import Field, model_validator
 
 from llmkit.config.base import Section
-from llmkit.config.recipe import RecipeBase, TrainConfig, ValidationSplit
+from llmkit.config.decoding import MAX_NEW_TOKENS
+from llmkit.config.recipe import RecipeBase, RunName, TrainConfig, ValidationSplit
 
 FinetuneTask = Literal["sft", "classification", "text2text"]
 DataFormat = Literal["text", "prompt_completion", "alpaca", "chat"]
@@ -77,7 +78,14 @@ class FinetuneDataConfig(Section):
 
     @model_validator(mode="after")
     def _check_template(self) -> FinetuneDataConfig:
-        if "{source}" not in self.template:
+        # Rendered with str.format: any other {name} or a lone brace fails on the first row.
+        try:
+            rendered = self.template.format(source="\0")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                "template: {source} is the only placeholder; write {{ and }} for literal braces"
+            ) from None
+        if "\0" not in rendered:
             raise ValueError("template: must contain {source}")
         return self
 
@@ -107,6 +115,7 @@ class LoraSection(Section):
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
     target_modules: list[str] | None = Field(
         None,
+        min_length=1,
         description="Linear layers to adapt, by name. Default by architecture: llama "
         "q/k/v/o_proj, gpt2 c_attn/c_proj, bert query/key/value.",
     )
@@ -124,7 +133,9 @@ class EvalSection(Section):
     generate_examples: int = Field(
         32, ge=1, description="text2text: validation examples generated at each evaluation."
     )
-    max_new_tokens: int = Field(64, ge=1, description="text2text: tokens generated per example.")
+    max_new_tokens: int = Field(
+        64, ge=1, le=MAX_NEW_TOKENS, description="text2text: tokens generated per example."
+    )
 
 
 class FinetuneRecipe(RecipeBase):
@@ -142,7 +153,9 @@ class FinetuneRecipe(RecipeBase):
         "save_every": 50,
     }
 
-    name: str = Field("finetune", description="Run name: the default run folder is runs/<name>.")
+    name: RunName = Field(
+        "finetune", description="Run name: the default run folder is runs/<name>."
+    )
     task: FinetuneTask = Field("sft", description="sft, classification or text2text.")
     data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
     model: FinetuneModelConfig = Field(default_factory=FinetuneModelConfig)

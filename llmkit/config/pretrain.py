@@ -89,6 +89,7 @@ class ModelConfig(Section):
     pad_vocab_to_multiple_of: int = Field(
         64,
         ge=1,
+        le=4096,  # 64 or 128 is what GPU kernels want; 10**12 allocated 10**12 rows
         description="Round the embedding rows up (50257 -> 50304) so matmuls hit aligned shapes.",
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(

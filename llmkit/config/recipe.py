@@ -14,6 +14,26 @@ from pydantic import AfterValidator, Field, model_validator
 
 from llmkit.config.base import Section
 
+# numpy's and torch's seeds are unsigned 32-bit; a bigger one fails deep inside set_seed.
+MAX_SEED = 2**32 - 1
+# A billion optimizer steps is years on any hardware; 10**30 once ran with lr ~1e-30 (the
+# schedule's warmup share of an absurd total) instead of failing.
+MAX_STEPS = 10**9
+MAX_EPOCHS = 1e6
+
+
+def _single_path_component(name: str) -> str:
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(
+            f"must be a plain folder name (got {name!r}): no '/', and not '', '.' or '..'"
+        )
+    return name
+
+
+# A run's name becomes runs/<name>: it must stay inside runs/ (`../x` escaped it) and must
+# not be runs/ itself (an empty name did, and --overwrite then deleted every run).
+RunName = Annotated[str, AfterValidator(_single_path_component)]
+
 
 def _fraction_or_file(value: float | str) -> float | str:
     if isinstance(value, float) and not 0.0 < value < 1.0:
@@ -29,8 +49,12 @@ class TrainConfig(Section):
     """The optimisation loop (Hugging Face Trainer underneath)."""
 
     output_dir: Path | None = Field(None, description="Run folder (default: runs/<recipe name>).")
-    max_steps: int = Field(-1, description="Optimizer steps; -1 means run `epochs` epochs.")
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the training blocks.")
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_STEPS, description="Optimizer steps; -1 means run `epochs` epochs."
+    )
+    epochs: float = Field(
+        1.0, gt=0.0, le=MAX_EPOCHS, description="Passes over the training blocks."
+    )
     batch_size: int = Field(8, ge=1, description="Blocks per device per micro-step.")
     eval_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
     grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
@@ -63,7 +87,9 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without a better eval loss."
     )
-    seed: int = Field(42, description="Seed for init, data order, masking and dropout.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="Seed for init, data order, masking and dropout."
+    )
     devices: int = Field(1, ge=1, description="Processes (one per GPU; gloo on CPU).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard under <run>/tensorboard.")
@@ -97,7 +123,7 @@ class RecipeBase(Section):
             return data  # not a mapping: the schema reports it
         return {**data, "train": {**cls.TRAIN_DEFAULTS, **train}}
 
-    name: str = Field("run", description="Run name: the default run folder is runs/<name>.")
+    name: RunName = Field("run", description="Run name: the default run folder is runs/<name>.")
     description: str = Field("", description="One line shown by `llmkit recipes`.")
     if TYPE_CHECKING:  # each recipe declares it last, with its own defaults
         train: TrainConfig

@@ -14,7 +14,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llmkit.config.decoding import DecodingConfig
+from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig
+from llmkit.config.recipe import RunName
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ ARGUMENT = Flag(argument=True)
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     FLAGS: ClassVar[dict[str, Flag]] = {}
 
@@ -247,7 +248,7 @@ class EvalRequest(Request):
         None, ge=1, description="Score the first N examples (default suite: 64)."
     )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Greedy answer length (default 64; suite 32)."
+        None, ge=1, le=MAX_NEW_TOKENS, description="Greedy answer length (default 64; suite 32)."
     )
     # 32, not generate's 8: a CPU decode step reads all weights (540 MB for SmolLM2) whatever
     # the batch, so 2 batches of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s).
@@ -266,7 +267,7 @@ class EvalRequest(Request):
     output_dir: Path | None = Field(
         None, description="Folder for metrics.json (default: runs/eval/<name>)."
     )
-    name: str | None = Field(
+    name: RunName | None = Field(
         None, description="Name of the folder under runs/eval (default: a timestamp)."
     )
     overwrite: bool = Field(False, description="Replace an existing metrics.json.")
@@ -277,8 +278,13 @@ class EvalRequest(Request):
     def _known_metrics(cls, value: str | None) -> str | None:
         from llmkit.evaluation.metrics import parse_metric_names
 
+        from llmkit.errors import UsageError
+
         if value is not None:
-            parse_metric_names(value)  # raises on an unknown name
+            try:
+                parse_metric_names(value)
+            except UsageError as e:  # pydantic reports ValueErrors with the field's name
+                raise ValueError(e.message) from None
         return value
 
     @model_validator(mode="after")

@@ -83,7 +83,7 @@ def read_rows(sources: Sequence[str]) -> list[Row]:
     rows: list[Row] = []
     for src in expand_sources(sources):
         path = Path(src)
-        if path.suffix not in files.TABLE_SUFFIXES:
+        if not files.is_table(path):
             raise UsageError(
                 f"data.sources: {path} is not .jsonl/.json/.csv (fine-tuning "
                 "reads rows with named columns)"
@@ -115,6 +115,23 @@ def column(row: Row, name: str, field: str, where: str) -> Any:
     return row[name]
 
 
+def text_column(row: Row, name: str, field: str, where: str) -> str:
+    """row[name] as text: a string, never the Python repr of a null, number or list (an
+    Alpaca row with a null output once trained on the text "None")."""
+    value = column(row, name, field, where)
+    if not isinstance(value, str):
+        raise UsageError(f"{where}: column '{name}' must be a string, got {value!r:.80}")
+    return value
+
+
+def label_column(row: Row, name: str, where: str) -> str:
+    """A class label: a string or an integer, as the label's name."""
+    value = column(row, name, "label_column", where)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise UsageError(f"{where}: label '{name}' must be a string or integer, got {value!r:.80}")
+    return str(value)
+
+
 # --- rendering ---------------------------------------------------------------------------
 
 
@@ -127,9 +144,13 @@ def chat_messages(row: Row, column_name: str | None, where: str) -> list[dict[st
         raise UsageError(f"{where}: '{column_name}' must be a non-empty list of turns")
     out = []
     for t in turns:
-        if isinstance(t, dict) and "role" in t and "content" in t:
-            out.append({"role": str(t["role"]), "content": str(t["content"])})
-        elif isinstance(t, dict) and "from" in t and "value" in t:
+        if (
+            isinstance(t, dict)
+            and isinstance(t.get("role"), str)
+            and isinstance(t.get("content"), str)
+        ):
+            out.append({"role": t["role"], "content": t["content"]})
+        elif isinstance(t, dict) and isinstance(t.get("value"), str) and "from" in t:
             role = SHAREGPT_ROLES.get(str(t["from"]))
             if role is None:
                 raise UsageError(
@@ -139,7 +160,7 @@ def chat_messages(row: Row, column_name: str | None, where: str) -> list[dict[st
             out.append({"role": role, "content": str(t["value"])})
         else:
             raise UsageError(
-                f"{where}: a turn needs role/content (OpenAI) or from/value "
+                f"{where}: a turn needs role/content (OpenAI) or from/value strings "
                 f"(ShareGPT), got {t!r:.80}"
             )
     if not any(m["role"] == "assistant" for m in out):
@@ -179,7 +200,7 @@ def chat_segments(
 
 
 def alpaca_prompt(row: Row, where: str) -> str:
-    instruction = column(row, "instruction", "format", where)
+    instruction = text_column(row, "instruction", "format", where)
     extra = str(row.get("input") or "").strip()
     template = ALPACA_WITH_INPUT if extra else ALPACA_NO_INPUT
     return template.format(instruction=instruction, input=extra)
@@ -190,17 +211,17 @@ def row_segments(row: Row, recipe: Any, tokenizer: Any, where: str) -> list[Segm
     d = recipe.data
     eos = tokenizer.eos_token or ""
     if recipe.task == "text2text":
-        source = column(row, d.source_column, "source_column", where)
-        target = column(row, d.target_column, "target_column", where)
+        source = text_column(row, d.source_column, "source_column", where)
+        target = text_column(row, d.target_column, "target_column", where)
         return [(d.template.format(source=source), False), (f"{target}{eos}", True)]
     if d.format == "text":
-        return [(f"{column(row, d.text_column, 'text_column', where)}{eos}", True)]
+        return [(f"{text_column(row, d.text_column, 'text_column', where)}{eos}", True)]
     if d.format == "prompt_completion":
-        prompt = column(row, d.prompt_column, "prompt_column", where)
-        completion = column(row, d.completion_column, "completion_column", where)
+        prompt = text_column(row, d.prompt_column, "prompt_column", where)
+        completion = text_column(row, d.completion_column, "completion_column", where)
         return [(str(prompt), False), (f"{completion}{eos}", True)]
     if d.format == "alpaca":
-        output = column(row, "output", "format", where)
+        output = text_column(row, "output", "format", where)
         return [(alpaca_prompt(row, where), False), (f"{output}{eos}", True)]
     return chat_segments(tokenizer, chat_messages(row, d.messages_column, where), d.system)
 

@@ -85,20 +85,27 @@ def _classification_data(
     d = recipe.data
     names = sorted(
         {
-            str(examples.column(r, d.label_column, "label_column", f"train row {i + 1}"))
+            examples.label_column(r, d.label_column, f"train row {i + 1}")
             for i, r in enumerate(train_rows)
         }
     )
+    if len(names) < 2:
+        # One class trains nothing (transformers would even make it a regression, and every
+        # prediction would score accuracy 1.000).
+        raise UsageError(
+            f"data.label_column: the training rows hold {len(names)} label(s) "
+            f"({', '.join(names) or 'none'}); classification needs at least 2"
+        )
     ids = {name: i for i, name in enumerate(names)}
 
     def encode(rows: list[Any], split: str) -> list[dict[str, Any]]:
         out = []
         for i, r in enumerate(rows):
             where = f"{split} row {i + 1}"
-            label = str(examples.column(r, d.label_column, "label_column", where))
+            label = examples.label_column(r, d.label_column, where)
             if label not in ids:
                 raise UsageError(f"{where}: label '{label}' never occurs in the training rows")
-            text = str(examples.column(r, d.text_column, "text_column", where))
+            text = examples.text_column(r, d.text_column, "text_column", where)
             enc = tokenizer(text, truncation=True, max_length=d.max_length)
             out.append({**enc, "labels": ids[label]})
         return out

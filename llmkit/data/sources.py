@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,7 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
         elif src.startswith(HUB_PREFIX):
             out.append(src)
         elif Path(src).is_dir():
-            found = sorted(
-                str(p) for p in Path(src).rglob("*") if p.suffix in TEXT_SUFFIXES + TABLE_SUFFIXES
-            )
+            found = sorted(str(p) for p in _walk(Path(src)) if _is_corpus_file(p))
             if not found:
                 raise UsageError(f"data.sources: folder {src} holds no .txt/.jsonl/.json/.csv file")
             out += found
@@ -58,22 +57,39 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
             if not found:
                 raise UsageError(f"data.sources: no file matches {src}")
             out += found
-        elif Path(src).is_file():
-            out.append(src)
         else:
-            raise UsageError(f"data.sources: file {src} does not exist")
+            out.append(src)
+    for path in out:
+        if not path.startswith(HUB_PREFIX):
+            files.check_readable(Path(path))  # missing, broken link, FIFO: one line each
     return list(dict.fromkeys(out))
+
+
+def _is_corpus_file(path: Path) -> bool:
+    return path.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every file under `folder`, following links to files but never into linked folders (a
+    link loop would recurse forever); broken links are yielded, to be reported by name."""
+    for root, dirs, names in os.walk(folder, onerror=_walk_error):
+        dirs.sort()
+        yield from (Path(root) / name for name in names)
+
+
+def _walk_error(error: OSError) -> None:
+    raise UsageError(f"data.sources: cannot read folder {error.filename}: {error.strerror}")
 
 
 def read_corpus(
     sources: Iterable[str], *, text_column: str, min_chars: int, dedupe: bool
 ) -> Corpus:
-    files = expand_sources(sources)
+    paths = expand_sources(sources)
     seen: set[str] = set()
     documents: list[str] = []
     n_read = n_kept = 0
-    for src in files:
-        if src.startswith(HUB_PREFIX) or Path(src).suffix in TABLE_SUFFIXES:
+    for src in paths:
+        if src.startswith(HUB_PREFIX) or files.is_table(Path(src)):
             # One document per row: clean the row as a whole.
             for text in _read_rows(src, text_column):
                 n_read += 1
@@ -99,7 +115,7 @@ def read_corpus(
     if not documents:
         raise UsageError(
             f"data.sources: the corpus is empty after cleaning ({n_read} lines read from "
-            f"{len(files)} source(s); min_chars={min_chars})"
+            f"{len(paths)} source(s); min_chars={min_chars})"
         )
     return Corpus(documents, n_read, n_kept)
 
@@ -114,9 +130,12 @@ def fingerprint(srcs: Iterable[str]) -> str:
 
 def _file_digest(path: str) -> bytes:
     h = hashlib.sha256(path.encode())
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise UsageError(f"data.sources: cannot read {path}: {e.strerror}") from None
     return h.digest()
 
 
@@ -128,9 +147,13 @@ def _read_rows(src: str, column: str) -> Iterator[str]:
     if src.startswith(HUB_PREFIX):
         yield from _read_hub(src.removeprefix(HUB_PREFIX), column)
         return
-    check = files.has_field(column, hint="set data.text_column")
-    for _, row in files.read_records(Path(src), check):
-        yield str(row[column] if row[column] is not None else "")
+    rows = files.read_records(Path(src), files.has_field(column, hint="set data.text_column"))
+    # null is a row without text (dropped by cleaning, like an empty one); a list or number
+    # is not text, and str() of it would train on a Python repr nobody wrote.
+    texts = [(where, row) for where, row in rows if row[column] is not None]
+    yield from files.field_texts(
+        texts, column, blank_lines="keep", numbers=False, hint="set data.text_column"
+    )
 
 
 def _read_hub(name: str, column: str) -> Iterator[str]:

@@ -16,7 +16,11 @@ from typing import Any
 from llmkit.evaluation import metrics
 from llmkit.io.provenance import versions
 from llmkit.io.runs import METRICS_JSON
-from llmkit.io.write import write_json, write_jsonl
+from llmkit.io.write import MARKER, atomic_path, mark_owned, write_json, write_jsonl
+
+EVAL = "eval"  # the marker kind of an evaluation folder
+# Everything `save` writes: a folder holding only these is an evaluation's, marked or not.
+EVAL_FILES = frozenset({METRICS_JSON, "predictions.jsonl", "predictions_b.jsonl", "ab.png", MARKER})
 
 DISPLAY = {
     "bleu": "BLEU",
@@ -116,7 +120,7 @@ def to_json(report: Report) -> dict[str, Any]:
 
 def save(report: Report, out_dir: Path) -> None:
     """Predictions first and metrics.json last: a metrics.json means the folder is complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    mark_owned(out_dir, EVAL)
     for system in report.systems:
         if system.predictions is not None:
             name = "predictions.jsonl" if system.label == "A" else "predictions_b.jsonl"
@@ -153,7 +157,8 @@ def plot_ab(report: Report, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"A: {_short(a.source)}   B: {_short(b.source)}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

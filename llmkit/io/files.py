@@ -10,6 +10,7 @@ adds which flag picks them (the `hint` arguments).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +24,26 @@ TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
 Record = dict[str, Any]
 
 
-def read_text(path: Path) -> str:
-    """A UTF-8 text file; a bad byte is reported with its line and offset."""
+def check_readable(path: Path) -> None:
+    """A regular file, or one line that says what `path` is instead. Reading a FIFO or
+    /dev/zero would hang or fill memory, so they are refused before any read."""
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{path} is a broken symbolic link (or a loop of them)")
     if not path.exists():
         raise UsageError(f"file {path} does not exist")
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a file")
-    raw = path.read_bytes()
+    if not path.is_file():
+        raise UsageError(f"{path} is not a regular file (a FIFO, socket or device)")
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; a bad byte is reported with its line and offset."""
+    check_readable(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -51,14 +65,16 @@ def read_records(
     """
     text = read_text(path)
     if path.suffix.lower() == ".csv":
-        rows = csv.DictReader(text.splitlines())
-        table = [(f"{path}:{i + 2}", dict(row)) for i, row in enumerate(rows)]  # line 1: header
-        return _checked(table, [], check)
+        return _checked(_csv_rows(path, text), [], check)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise UsageError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        except RecursionError:
+            raise UsageError(f"{path}: JSON nested too deeply") from None
+        if not isinstance(items, list):  # `[1] x`-style text that json still calls a list
+            raise UsageError(f"{path}: expected a JSON array of objects")
         return _checked([(f"{path}: item {i}", item) for i, item in enumerate(items)], [], check)
     parsed: list[tuple[str, Any]] = []
     problems: list[str] = []
@@ -69,7 +85,28 @@ def read_records(
             parsed.append((f"{path}:{lineno}", json.loads(line)))
         except json.JSONDecodeError as e:
             problems.append(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            problems.append(f"{path}:{lineno}: JSON nested too deeply")
     return _checked(parsed, problems, check)
+
+
+# A CSV cell may hold a whole document: Python's default limit (128 KiB) refused a long one.
+csv.field_size_limit(1 << 30)
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, Record]]:
+    """Rows of a CSV file with a header, each `where` naming its first line (a quoted cell
+    may span lines, so the file is parsed as a stream, not line by line)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    start = 2  # line 1 is the header
+    try:
+        for row in reader:
+            rows.append((f"{path}:{start}", dict(row)))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UsageError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    return rows
 
 
 def has_field(name: str, hint: str) -> Callable[[Record], str | None]:
@@ -78,7 +115,7 @@ def has_field(name: str, hint: str) -> Callable[[Record], str | None]:
     def check(row: Record) -> str | None:
         if name in row:
             return None
-        return f"no field '{name}' (fields: {_names(row)}); {hint}"
+        return f"no field '{name}' (fields: {_names(row)})" + (f"; {hint}" if hint else "")
 
     return check
 
@@ -163,11 +200,10 @@ def read_texts(
             lines = [line for line in lines if line.strip()]
         key = field or candidates[0]
         return Texts(lines, [{key: line} for line in lines], None)
-    rows = read_records(path)
-    if field is not None or len(candidates) == 1:
-        key = field or candidates[0]
-    else:
-        key = _first_present(rows[0], candidates, tail)
+    known = field or (candidates[0] if len(candidates) == 1 else None)
+    # A known field is checked with the JSON, so one run reports every bad line of either kind.
+    rows = read_records(path, has_field(known, hint) if known else None)
+    key = known or _first_present(rows[0], candidates, tail)
     texts = field_texts(rows, key, blank_lines=blank_lines, hint=hint)
     return Texts(texts, [row for _, row in rows], key)
 
@@ -177,19 +213,23 @@ def field_texts(
     key: str,
     *,
     blank_lines: Literal["skip", "keep"] = "skip",
+    numbers: bool = True,
     hint: str = "",
 ) -> list[str]:
-    """Field `key` of every row as text (numbers are written as text; lists, objects, null
-    and booleans are refused); every bad row is reported at once."""
+    """Field `key` of every row as text; every bad row is reported at once. Lists, objects,
+    null and booleans are refused (str() would turn them into text nobody wrote); numbers
+    are written as text unless `numbers` is false (training text)."""
     tail = f"; {hint}" if hint else ""
     problems = []
     texts = []
+    allowed = (str, int, float) if numbers else (str,)
     for where, row in rows:
         value = row.get(key)
         if key not in row:
             problems.append(f"{where}: no field '{key}' (fields: {_names(row)}){tail}")
-        elif isinstance(value, bool) or not isinstance(value, str | int | float):
-            problems.append(f"{where}: field '{key}' must be text, got {value!r:.80}")
+        elif isinstance(value, bool) or not isinstance(value, allowed):
+            kind = "text" if numbers else "a string"
+            problems.append(f"{where}: field '{key}' must be {kind}, got {value!r:.80}")
         elif blank_lines == "skip" and not str(value).strip():
             problems.append(f"{where}: field '{key}' must be non-empty text, got {value!r}")
         else:

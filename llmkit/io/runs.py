@@ -10,18 +10,29 @@
 The final model sits at the run root, as in HF `run_clm.py`, so
 `AutoModelForCausalLM.from_pretrained("runs/<name>")` just works. `runs/LATEST` holds the
 name of the newest run that finished, for commands that default to "the latest run".
+
+A run folder carries llmkit's marker (`.llmkit`, kind "run"): only a marked folder is ever
+deleted (`--overwrite`), and llmkit never writes a run into a folder of someone else's files.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import Fix, UsageError
-from llmkit.io.write import write_json, write_text
+from llmkit.io.write import (
+    check_replaceable,
+    mark_owned,
+    owner_kind,
+    remove_owned,
+    write_json,
+    write_text,
+)
+
+RUN = "run"  # the marker kind of a run folder
 
 RECIPE_FILE = "recipe.yaml"
 METRICS_JSONL = "metrics.jsonl"
@@ -46,7 +57,10 @@ class RunDir:
         return self.path / METRICS_JSON
 
     def holds_run(self) -> bool:
-        return self.recipe_file.exists() or any(self.checkpoints())
+        """Training happened here: a checkpoint or a final model. A folder with only
+        recipe.yaml is a run that stopped before its first checkpoint (bad data, Ctrl-C in
+        prep): it blocks nothing."""
+        return bool(self.checkpoints()) or self.has_final_model()
 
     def has_final_model(self) -> bool:
         """A full model (config.json) or a LoRA adapter (adapter_config.json) at the root."""
@@ -73,17 +87,30 @@ class RunDir:
                     f"no checkpoint-* folder in {self.path} to resume from", fix=Fix.RESUME
                 )
             return
-        if self.holds_run() and not overwrite:
+        if self.holds_run():
+            if not overwrite:
+                raise UsageError(
+                    f"output dir {self.path} already holds a run", fix=Fix.RESUME_OR_OVERWRITE
+                )
+            check_replaceable(self.path, RUN)
+        elif self.path.is_dir() and any(self.path.iterdir()) and owner_kind(self.path) != RUN:
             raise UsageError(
-                f"output dir {self.path} already holds a run", fix=Fix.RESUME_OR_OVERWRITE
+                f"output dir {self.path} holds files llmkit did not make; llmkit writes runs "
+                "only into new, empty or its own folders: choose another one"
             )
 
     def create(self, *, overwrite: bool) -> None:
-        """Make the folder (deleting an old run only when `overwrite`), checking it is writable."""
-        if overwrite and self.holds_run():
-            shutil.rmtree(self.path)
+        """Make the folder, marked as a run (deleting an old run of llmkit's only when
+        `overwrite`; a stub that never trained is replaced), checking it is writable."""
+        if (
+            self.path.is_dir()
+            and owner_kind(self.path) == RUN
+            and (overwrite or not self.holds_run())
+        ):
+            remove_owned(self.path, RUN)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            mark_owned(self.path, RUN)
             probe = self.path / ".write-test"
             probe.write_text("")
             probe.unlink()

@@ -1,13 +1,20 @@
-"""The one atomic writer: every file and folder llmkit writes appears whole or not at all.
+"""The one atomic writer: every file and folder llmkit writes appears whole or not at all,
+and nothing llmkit did not make is ever replaced or deleted.
 
 Each output is written to a temporary sibling (same folder, so the same filesystem) and
 renamed into place: `os.replace` is atomic on POSIX, so a crash, Ctrl-C or full disk leaves
 either the old file or the new one, never half of one, and readers never see a partial file.
+
+Before any work, `check_output` makes sure the destination can be written, is of the right
+kind and is none of the inputs (`generate --input q.txt --output q.txt` once replaced the
+prompts). Folders llmkit makes (runs, exports, evaluations) carry a marker file; only
+folders with one are ever replaced (`remove_owned`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,6 +24,103 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llmkit.errors import UsageError
+
+MARKER = ".llmkit"  # {"kind": "run" | "export" | "eval"} in every folder llmkit makes
+
+
+# --- before any work -----------------------------------------------------------------------------
+
+
+def check_output(path: Path, inputs: Iterable[Path | None] = (), *, folder: bool = False) -> None:
+    """Refuse, in one line and before any work, an output that cannot be written where
+    asked, is the wrong kind (a folder for a file, or the reverse), or is one of `inputs`
+    (the same path, or another name for the same file)."""
+    if path.exists() or path.is_symlink():
+        if folder and not path.is_dir():
+            raise UsageError(f"output {path} exists and is not a folder")
+        if not folder and path.is_dir():
+            raise UsageError(f"output {path} is a folder; give a file name")
+        if not folder and not path.is_file():
+            raise UsageError(f"output {path} is not a regular file")
+    for source in inputs:
+        if source is not None and same_file(path, source):
+            raise UsageError(
+                f"output {path} is also an input ({source}): llmkit never overwrites its "
+                "inputs; write the output elsewhere"
+            )
+    _check_writable(path if folder and path.is_dir() else _nearest_folder(path.parent))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """The same file or folder under either name (symlinks, `..`, hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist
+        return False
+
+
+def _nearest_folder(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable(folder: Path) -> None:
+    """A real probe (create and delete a file): permission bits say nothing for root, and a
+    read-only filesystem refuses root too."""
+    if not folder.is_dir():
+        raise UsageError(f"cannot write under {folder}: it is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".llmkit-probe-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write in {folder}: {e.strerror}") from None
+
+
+# --- folders llmkit owns ---------------------------------------------------------------------
+
+
+def mark_owned(folder: Path, kind: str) -> None:
+    """Mark a folder llmkit has just made as its own (the only kind it may replace later)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / MARKER, {"kind": kind})
+
+
+def owner_kind(folder: Path) -> str | None:
+    """The kind in a folder's marker ("run", "export", "eval"), or None if llmkit did not
+    make it."""
+    try:
+        kind = json.loads((folder / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def check_replaceable(folder: Path, kind: str) -> None:
+    """Raise unless `folder` is a `kind` folder llmkit made and is neither the working folder
+    nor one of its parents: what `--overwrite` may delete."""
+    resolved, cwd = folder.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"{folder} is the working folder or one of its parents: never replaced")
+    found = owner_kind(folder)
+    if found != kind:
+        made = f"an llmkit {found} folder" if found else f"not made by llmkit (no {MARKER} file)"
+        raise UsageError(
+            f"{folder} is {made}, so llmkit will not replace it; choose another folder "
+            "(or delete it yourself)"
+        )
+
+
+def remove_owned(folder: Path, kind: str) -> None:
+    check_replaceable(folder, kind)
+    shutil.rmtree(folder)
+
+
+# --- writing -------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -39,12 +143,26 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Strict JSON: NaN and infinity (which `json` writes as bare NaN/Infinity, invalid JSON
+    that other tools reject) become null."""
+    write_text(path, json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def finite(data: Any) -> Any:
+    """`data` with every non-finite float replaced by None, for strict JSON."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """One JSON object per line, non-ASCII kept as is (readable, and ~half the size for CJK)."""
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    lines = (json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    write_text(path, "".join(lines))
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -53,7 +171,8 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
-    """Run `build(tmp)` in a temporary sibling folder and rename it to `target`.
+    """Run `build(tmp)` in a temporary sibling folder and rename it to `target` (which must
+    not exist; see `replace_folder`).
 
     A crash or a concurrent process never leaves a half-written folder behind; if another
     process won the race, its folder is kept and ours dropped.
@@ -69,4 +188,30 @@ def atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def replace_folder(target: Path, build: Callable[[Path], None], *, kind: str) -> Path:
+    """Build a new `kind` folder in a temporary sibling, then swap it for `target`: an old
+    `target` (which must be llmkit's own, `check_replaceable`) is deleted only after the new
+    one is whole, so a kill -9 or full disk mid-way leaves the old folder, never half a new one.
+    """
+    if target.exists():
+        check_replaceable(target, kind)
+
+    def build_marked(tmp: Path) -> None:
+        build(tmp)
+        mark_owned(tmp, kind)
+
+    if not target.exists():
+        return atomic_folder(target, build_marked)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build_marked(tmp)
+        target.rename(old)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return target
