@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import typer
 from typer.core import TyperGroup
@@ -30,7 +31,7 @@ from llmkit.config.requests import (
     TokenizerRequest,
     TrainRequest,
 )
-from llmkit.errors import EXIT_USAGE, Fix, TrainingInterrupted, UsageError
+from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
 
 R = TypeVar("R", bound=Request)
 RB = TypeVar("RB", bound="RecipeBase")
@@ -40,6 +41,7 @@ FIX_WORDING = {
     Fix.RESUME_OR_OVERWRITE: "{message}: pass --resume to continue it, --overwrite to replace "
     "it, or --output-dir for a new one",
     Fix.RESUME: "--resume: {message}",
+    Fix.RESUME_PARTIAL: "{message}: pass --resume to continue it, or delete it to start over",
     Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
     "true) if you trust it",
 }
@@ -100,9 +102,9 @@ def command(
 
     def register(fn: Callable[[R], None]) -> Callable[[R], None]:
         params = [
-            _parameter(name, field, _flag(request, name))
-            for name, field in request.model_fields.items()
-            if _flag(request, name).cli
+            _parameter(field_name, field, _flag(request, field_name))
+            for field_name, field in request.model_fields.items()
+            if _flag(request, field_name).cli
         ]
 
         def run(**values: Any) -> None:
@@ -129,9 +131,7 @@ def _flag(request: type[Request], name: str) -> Flag:
 def _parameter(name: str, field: Any, flag: Flag) -> inspect.Parameter:
     info = {"help": field.description, "rich_help_panel": flag.panel}
     option = typer.Argument(**info) if flag.argument else typer.Option(*flag.decls, **info)
-    annotation = field.annotation
-    if get_origin(annotation) is Literal:  # typer takes str; the model checks the choice
-        annotation = str
+    annotation = _plain(field.annotation)
     default = inspect.Parameter.empty if field.is_required() else field.get_default()
     return inspect.Parameter(
         name,
@@ -139,6 +139,19 @@ def _parameter(name: str, field: Any, flag: Flag) -> inspect.Parameter:
         default=default,
         annotation=Annotated[annotation, option],
     )
+
+
+def _plain(annotation: Any) -> Any:
+    """The type as typer reads it: no Annotated checks, Literal as str (the model checks them)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return str
+    if origin is Annotated:
+        return _plain(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        args = tuple(_plain(a) for a in get_args(annotation))
+        return Union[args]  # noqa: UP007  # built from a tuple
+    return annotation
 
 
 def _flag_name(request: type[Request], path: str) -> str:
@@ -232,8 +245,8 @@ def _launched(devices: int) -> bool:
     import signal
     import subprocess
 
+    from llmkit.io.interrupt import EXIT_CODES
     from llmkit.train.arguments import in_distributed_run
-    from llmkit.train.interrupt import EXIT_CODES
 
     if devices <= 1 or in_distributed_run():
         return False
@@ -300,15 +313,34 @@ def eval_cmd(req: EvalRequest) -> None:
 
 
 def main() -> None:
+    """The console script. Every way a command can fail reaches the user as one `error:` line
+    and exit code 2 (bad usage), 130/143 (interrupted), or a traceback (a bug in llmkit)."""
+    import signal
+
+    from typer import _click
+
+    signal.signal(signal.SIGTERM, _terminated)  # training installs its own, graceful handler
     try:
-        app()
+        code = app(standalone_mode=False)
     except UsageError as e:
         print(e.render(FIX_WORDING), file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except TrainingInterrupted as e:
+    except _click.exceptions.ClickException as e:  # typer's parsing: a bad or missing option
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except Interrupted as e:
         if e.main:
             print("continue with the same command and --resume", file=sys.stderr)
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit code 130
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    print("terminated", file=sys.stderr)
+    sys.exit(143)

@@ -22,6 +22,7 @@ class Fix(Enum):
 
     RESUME_OR_OVERWRITE = "{message}: resume it, overwrite it, or choose another output folder"
     RESUME = "resume: {message}"
+    RESUME_PARTIAL = "{message}: resume it (resume=True), or delete it to start over"
     TRUST_REMOTE_CODE = (
         "{message}: set model.trust_remote_code (trust_remote_code=True) if you trust it"
     )
@@ -50,10 +51,10 @@ class UsageError(Exception):
         return "\n".join(lines)
 
 
-class TrainingInterrupted(SystemExit):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the exit code is the
-    shell's 128 + signal number. `main`: raised in the process that reports (rank 0), so the
-    CLI says how to continue."""
+class Interrupted(SystemExit):
+    """A long job stopped on SIGINT/SIGTERM after keeping its finished work (a checkpoint, the
+    prompts done); the exit code is the shell's 128 + signal number. `main`: raised in the
+    process that reports (rank 0), so the CLI says how to continue."""
 
     def __init__(self, code: int, *, main: bool = True) -> None:
         super().__init__(code)

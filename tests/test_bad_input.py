@@ -8,6 +8,9 @@ Cases run in-process through `llmkit.cli.main` (the same code path as the consol
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import os
 import resource
 import shutil
 import sys
@@ -23,13 +26,23 @@ TINY_BERT = str(REPO / "recipes/pretrain/tiny-bert-cpu.yaml")
 
 @dataclass
 class Case:
-    argv: list[str]
+    argv: list[str]  # "{tiny}" stands for a tiny GPT-2 model folder
     expected: str
     files: dict[str, str | bytes] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # symlink -> target
+    model: dict[str, str | bytes | None] | None = (
+        None  # the tiny model copied to m/, files replaced
+    )
+    stdin: bytes | None = None
 
 
 def _jsonl(*lines: str) -> str:
     return "\n".join(lines) + "\n"
+
+
+def _alpaca_with_a_null_output() -> str:
+    rows = [{"instruction": f"say {i}", "output": None if i == 3 else str(i)} for i in range(12)]
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 CASES: dict[str, Case] = {
@@ -213,6 +226,239 @@ CASES: dict[str, Case] = {
         "output dir afile/run is not writable",
         {"afile": "a file where a folder should be"},
     ),
+    # --- issue 13: lost or overwritten data --------------------------------------------------
+    "empty run name": Case(
+        ["pretrain", TINY, "--set", "name="], "name: must be a plain folder name"
+    ),
+    "run name escaping runs/": Case(
+        ["pretrain", TINY, "--set", "name=../escape"], "name: must be a plain folder name"
+    ),
+    "eval name escaping runs/eval": Case(
+        ["eval", "--preds", "p.txt", "--refs", "p.txt", "--name", "../../x"],
+        "--name: must be a plain folder name",
+        {"p.txt": "a\n"},
+    ),
+    "overwrite a folder of user data": Case(
+        ["pretrain", TINY, "--output-dir", "mydata", "--overwrite"],
+        "output dir mydata holds files llmkit did not make",
+        {"mydata/notes.txt": "precious\n"},
+    ),
+    "overwrite runs/ itself": Case(
+        ["pretrain", TINY, "--output-dir", "runs", "--overwrite"],
+        "output dir runs holds files llmkit did not make",
+        {"runs/other/.llmkit": '{"kind": "run"}', "runs/other/config.json": "{}"},
+    ),
+    "overwrite an unmarked run": Case(
+        ["pretrain", TINY, "--output-dir", "runs/old", "--overwrite"],
+        "runs/old is not made by llmkit (no .llmkit file), so llmkit will not replace it",
+        {"runs/old/config.json": "{}", "runs/old/model.safetensors": b"weights"},
+    ),
+    "export into its own run": Case(
+        ["export", "lora", "--output", "lora", "--overwrite"],
+        "output lora is also an input (lora)",
+        {"lora/adapter_config.json": '{"base_model_name_or_path": "gpt2"}'},
+    ),
+    "export over a folder of user data": Case(
+        ["export", "lora", "--output", "mydata", "--overwrite"],
+        "mydata is not made by llmkit (no .llmkit file)",
+        {
+            "lora/adapter_config.json": '{"base_model_name_or_path": "gpt2"}',
+            "mydata/notes.txt": "precious\n",
+        },
+    ),
+    "generate output is its input": Case(
+        ["generate", "--model", "{tiny}", "--input", "q.txt", "--output", "q.txt"],
+        "output q.txt is also an input (q.txt)",
+        {"q.txt": "Hello\n"},
+    ),
+    "generate output is another name for its input": Case(
+        ["generate", "--model", "{tiny}", "--input", "q.txt", "--output", "d/../q.txt"],
+        "is also an input (q.txt)",
+        {"q.txt": "Hello\n", "d/x": ""},
+    ),
+    "embed output is its input": Case(
+        ["embed", "in.jsonl", "--output", "in.jsonl"],
+        "output in.jsonl is also an input (in.jsonl)",
+        {"in.jsonl": '{"text": "hi"}\n'},
+    ),
+    "generate output is a folder": Case(
+        ["generate", "--model", "{tiny}", "--input", "q.txt", "--output", "outdir"],
+        "output outdir is a folder; give a file name",
+        {"q.txt": "Hello\n", "outdir/keep.txt": "x"},
+    ),
+    "eval into a folder of user data": Case(
+        ["eval", "--preds", "p.txt", "--refs", "p.txt", "--output-dir", "mydata"],
+        "output dir mydata holds files llmkit did not make",
+        {"p.txt": "a\n", "mydata/predictions.jsonl": "mine\n", "mydata/notes.txt": "x"},
+    ),
+    "non-finite learning rate": Case(
+        ["pretrain", TINY, "--set", "train.lr=.nan"], "train.lr: Input should be a finite number"
+    ),
+    "infinite epochs": Case(
+        ["pretrain", TINY, "--set", "train.epochs=.inf"],
+        "train.epochs: Input should be a finite number",
+    ),
+    "absurd max steps": Case(
+        ["pretrain", TINY, "--max-steps", "1000000000000000000000000000000"],
+        "train.max_steps: Input should be less than or equal to 1000000000",
+    ),
+    "huge vocab padding": Case(
+        ["pretrain", TINY, "--set", "model.pad_vocab_to_multiple_of=1000000000000"],
+        "model.pad_vocab_to_multiple_of: Input should be less than or equal to 4096",
+    ),
+    # --- tracebacks that became one line ---------------------------------------------------
+    "truncated safetensors": Case(
+        ["generate", "--model", "m", "hi"],
+        "cannot load model m:",
+        model={"model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{"},
+    ),
+    "broken tokenizer.json": Case(
+        ["generate", "--model", "m", "hi"],
+        "cannot load tokenizer m:",
+        model={"tokenizer.json": "{"},
+    ),
+    "config.json of {}": Case(
+        ["generate", "--model", "m", "hi"], "cannot load model m:", model={"config.json": "{}"}
+    ),
+    "adapter_config.json not JSON": Case(
+        ["generate", "--model", "a", "hi"],
+        "a/adapter_config.json: not a valid adapter config",
+        {"a/adapter_config.json": "{not json"},
+    ),
+    "dangling symlink in a corpus folder": Case(
+        ["prep", TINY, "--set", "data.sources=[corpus]"],
+        "corpus/gone.txt is a broken symbolic link",
+        {"corpus/a.txt": "To be or not to be\n"},
+        links={"corpus/gone.txt": "nowhere.txt"},
+    ),
+    "symlink loop in a corpus folder": Case(
+        ["prep", TINY, "--set", "data.sources=[corpus]"],
+        "is a broken symbolic link (or a loop of them)",
+        {"corpus/a.txt": "To be or not to be\n"},
+        links={"corpus/loop1.txt": "loop2.txt", "corpus/loop2.txt": "loop1.txt"},
+    ),
+    "FIFO as a source": Case(
+        ["prep", TINY, "--set", "data.sources=[/dev/stdin]"],
+        "is not a regular file (a FIFO, socket or device)",
+    ),
+    "/dev/zero as a source": Case(
+        ["prep", TINY, "--set", "data.sources=[/dev/zero]"],
+        "/dev/zero is not a regular file (a FIFO, socket or device)",
+    ),
+    "deeply nested JSON": Case(
+        ["prep", TINY, "--set", "data.sources=[d.jsonl]"],
+        "d.jsonl:1: JSON nested too deeply",
+        {"d.jsonl": "[" * 100_000 + "]" * 100_000 + "\n"},
+    ),
+    "NaN temperature": Case(
+        ["generate", "--model", "{tiny}", "hi", "--temperature", "nan"],
+        "--temperature: Input should be a finite number",
+    ),
+    "seed out of range": Case(
+        ["pretrain", TINY, "--seed", "99999999999"],
+        "train.seed: Input should be less than or equal to 4294967295",
+    ),
+    "generation seed out of range": Case(
+        ["generate", "--model", "{tiny}", "hi", "--seed", "-1"],
+        "--seed: Input should be greater than or equal to 0",
+    ),
+    "more sequences than beams": Case(
+        ["generate", "--model", "{tiny}", "hi", "--num-beams", "2", "-n", "3"],
+        "num_return_sequences",
+    ),
+    "non-UTF-8 on stdin": Case(
+        ["generate", "--model", "{tiny}", "-"], "stdin is not valid UTF-8", stdin=b"caf\xe9\n"
+    ),
+    "empty LoRA target list": Case(
+        ["finetune", "--set", "lora.target_modules=[]"],
+        "lora.target_modules: List should have at least 1 item",
+    ),
+    "template without {source}": Case(
+        ["finetune", "--set", "task=text2text", "--set", "data.template=Translate:"],
+        "data.template: must contain {source}",
+    ),
+    "template with a stray brace": Case(
+        ["finetune", "--set", "task=text2text", "--set", "data.template={source} {"],
+        "data.template: {source} is the only placeholder",
+    ),
+    "max new tokens absurd": Case(
+        ["generate", "--model", "{tiny}", "hi", "--max-new-tokens", "1000000000"],
+        "--max-new-tokens: Input should be less than or equal to 1000000",
+    ),
+    "batch size 0": Case(
+        ["eval", "--model", "{tiny}", "--batch-size", "0"],
+        "--batch-size: Input should be greater than or equal to 1",
+    ),
+    "stride above the window": Case(
+        ["eval", "--model", "{tiny}", "--text", "t.txt", "--max-length", "32", "--stride", "64"],
+        "--stride must be between 1 and --max-length (32), got 64",
+        {"t.txt": "words\n"},
+    ),
+    # --- silent wrong results that became one line -----------------------------------------
+    "YAML key written twice": Case(
+        ["pretrain", "r.yaml", "--dry-run"],
+        "r.yaml:4:1: invalid YAML: key 'train' appears twice in one mapping (first on line 1)",
+        {"r.yaml": "train:\n  lr: 1.0e-3\nname: x\ntrain:\n  max_steps: 5\n"},
+    ),
+    "YAML alias bomb": Case(
+        ["pretrain", "r.yaml", "--dry-run"],
+        "invalid YAML: the document expands to",
+        {
+            "r.yaml": "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+                for i in range(6)
+            )
+        },
+    ),
+    "JSONL text that is a list": Case(
+        ["prep", TINY, "--set", "data.sources=[d.jsonl]"],
+        "d.jsonl:1: field 'text' must be a string, got ['a', 'b']",
+        {"d.jsonl": '{"text": ["a", "b"]}\n'},
+    ),
+    "JSONL text that is a number": Case(
+        ["prep", TINY, "--set", "data.sources=[d.jsonl]"],
+        "d.jsonl:1: field 'text' must be a string, got 42",
+        {"d.jsonl": '{"text": 42}\n'},
+    ),
+    "upper-case .JSONL read as JSONL": Case(
+        ["prep", TINY, "--set", "data.sources=[D.JSONL]"],
+        "D.JSONL:1: no field 'text' (fields: body)",
+        {"D.JSONL": '{"body": "a"}\n'},
+    ),
+    "one-label classification set": Case(
+        [
+            "finetune",
+            "finetune/minilm-topics",
+            "--set",
+            "data.sources=[c.jsonl]",
+            "--set",
+            "data.label_column=label",
+            "--set",
+            "data.validation=0.5",
+            "--output-dir",
+            "runs/c",
+        ],
+        "classification needs at least 2",
+        {"c.jsonl": "".join(f'{{"text": "q{i}", "label": "only"}}\n' for i in range(20))},
+    ),
+    "alpaca row with a null output": Case(
+        [
+            "finetune",
+            "--set",
+            "data.sources=[a.jsonl]",
+            "--set",
+            "data.format=alpaca",
+            "--set",
+            "data.validation=0.5",
+            "--set",
+            "model.init={tiny}",
+            "--output-dir",
+            "runs/a",
+        ],
+        "column 'output' must be a string, got None",
+        {"a.jsonl": _alpaca_with_a_null_output()},
+    ),
 }
 
 
@@ -220,16 +466,21 @@ def _snapshot(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in root.rglob("*")
-        if p.is_file()
+        if p.is_file() and not p.is_symlink()
     }
 
 
 def _invoke(
-    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stdin: bytes | None = None,
 ) -> tuple[int, str]:
     from llmkit.cli import main
 
     monkeypatch.setattr(sys, "argv", ["llmkit", *argv])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
     code = 0
     try:
         main()
@@ -238,27 +489,45 @@ def _invoke(
     return code, capsys.readouterr().err
 
 
+def _write(path: Path, content: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+
+
 @pytest.mark.parametrize("kind", list(CASES))
 def test_bad_input(
-    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    kind: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     case = CASES[kind]
     shutil.copytree(REPO / "tests" / "data", tmp_path / "tests" / "data")
     for name, content in case.files.items():
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content)
+        _write(tmp_path / name, content)
+    for name, target in case.links.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, tmp_path / name)
+    tiny = str(request.getfixturevalue("tiny_gpt2_dir")) if "{tiny}" in " ".join(case.argv) else ""
+    if case.model is not None:
+        shutil.copytree(request.getfixturevalue("tiny_gpt2_dir"), tmp_path / "m")
+        for name, content in case.model.items():
+            _write(tmp_path / "m" / name, content or "")
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
 
-    code, err = _invoke(case.argv, monkeypatch, capsys)
+    argv = [a.replace("{tiny}", tiny) for a in case.argv]
+    code, err = _invoke(argv, monkeypatch, capsys, case.stdin)
 
     assert code == 2, err
     assert case.expected in err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    # One error line, last; status lines may come first ("model: ..." once it has loaded).
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1, err
     assert "Traceback" not in err
     after = _snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing lost or changed

@@ -292,3 +292,35 @@ def test_eval_with_no_arguments_scores_smollm2_on_held_out_data(tmp_path: Path) 
     assert {"bleu", "chrf", "rougeL", "f1", "exact_match", "distinct_2"} <= set(saved["metrics"])
     assert "64 of 94 held-out chatterbot questions" in result.stdout
     assert len((folder / "predictions.jsonl").read_text().splitlines()) == 64
+
+
+def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
+    tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """As if `eval --data` was stopped after its first chunk of 2 x 8 answers: --resume
+    answers the rest, and predictions and scores equal an uninterrupted run's."""
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(40)],
+    )
+    args = ["eval", "--model", str(tiny_gpt2_dir), "--data", str(data), "--batch-size", "2",
+            "--max-new-tokens", "6", "--metrics", "bleu,length"]  # fmt: skip
+    whole = run_cli(*args, "--output-dir", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    answers = (tmp_path / "whole" / "predictions.jsonl").read_text()
+
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / ".llmkit").write_text('{"kind": "eval"}')
+    (again / "predictions.jsonl.partial").write_text("".join(answers.splitlines(True)[:16]))
+    refused = run_cli(*args, "--output-dir", "again", cwd=tmp_path)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    resumed = run_cli(*args, "--output-dir", "again", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (again / "predictions.jsonl").read_text() == answers
+    assert not (again / "predictions.jsonl.partial").exists()
+    first, second = (
+        json.loads((tmp_path / d / "metrics.json").read_text())["metrics"]
+        for d in ("whole", "again")
+    )
+    assert first == second

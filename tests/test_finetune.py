@@ -350,6 +350,38 @@ def test_text2text_scores_generations_and_keeps_the_best_rouge_checkpoint(
     state = json.loads((result.run.checkpoints()[-1] / "trainer_state.json").read_text())
     assert state["best_metric"] == max(e["eval_rougeL"] for e in evals if e["step"] > 0)
     assert "rougeL" in result.metrics and "bleu_before" in result.metrics
+    # Each evaluation says how long its answers took (issue 17).
+    assert all(e["eval_generation_seconds"] > 0 for e in evals)
+    assert result.metrics["generation_seconds_before"] > 0
+
+
+def test_text2text_answers_every_validation_example_and_stops_at_a_newline(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Loss and BLEU/ROUGE are measured on the same validation examples (412 held out but 32
+    scored, before), and an answer stops at the end of its line."""
+    from llmkit.data.finetune import build_data
+    from llmkit.inference.generate import generate_answers
+    from llmkit.models.load import load_causal_lm
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"source": f"s{i}", "target": f"t{i}"}) + "\n" for i in range(60))
+    )
+    r = _recipe(tiny_llama_dir, tmp_path / "o", task="text2text", **{"data.sources": f"[{pairs}]"})
+    assert r.eval.generate_examples is None and r.eval.stop == ["\n"]
+    loaded = load_causal_lm(str(tiny_llama_dir))
+    data = build_data(r, loaded.tokenizer)
+    assert data.eval_pairs is not None and len(data.eval_pairs) == len(data.validation)
+    answers = generate_answers(
+        loaded.model, loaded.tokenizer, [p for p, _ in data.eval_pairs[:4]], max_new_tokens=40,
+        stop=["\n"],
+    )  # fmt: skip
+    unstopped = generate_answers(
+        loaded.model, loaded.tokenizer, [p for p, _ in data.eval_pairs[:4]], max_new_tokens=40
+    )
+    assert all("\n" not in a for a in answers)
+    assert [u.split("\n")[0].strip() for u in unstopped] == answers
 
 
 # --- real models, end to end (slow) ------------------------------------------------------------

@@ -324,3 +324,46 @@ def test_cli_bad_usage_exits_2_with_one_line(tmp_path: Path, args: list[str], me
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and message in proc.stderr
     assert proc.stdout == ""
+
+
+# --- long jobs survive interruption (issue 17) ---------------------------------------------------
+
+
+def test_an_interrupted_file_job_resumes_to_the_same_bytes(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    import random
+    import signal
+    import time
+
+    (tmp_path / "q.txt").write_text("".join(f"Prompt number {i} says\n" for i in range(160)))
+    args = ["generate", "--model", str(tiny_gpt2_dir), "--input", "q.txt", "--batch-size", "2",
+            "--max-new-tokens", "12", "--sample", "--seed", "3"]  # fmt: skip
+    whole = run_cli(*args, "--output", "whole.jsonl", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    partial = tmp_path / "out.jsonl.partial"
+    chunks = random.Random(0).randint(1, 4)  # interrupt after a random number of chunks
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", *args, "--output", "out.jsonl"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.read_text().count("\n") >= 16 * chunks:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped after" in err and "continue with the same command and --resume" in err
+    kept = partial.read_text().count("\n")
+    assert kept % 16 == 0 and 16 <= kept < 160  # whole chunks of 2 x 8 prompts
+    assert not (tmp_path / "out.jsonl").exists()
+
+    refused = run_cli(*args, "--output", "out.jsonl", cwd=tmp_path)
+    assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    resumed = run_cli(*args, "--output", "out.jsonl", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert not partial.exists()

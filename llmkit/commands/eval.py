@@ -22,11 +22,21 @@ from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation import score
 from llmkit.evaluation.metrics import parse_metric_names
-from llmkit.evaluation.report import EVAL, EVAL_FILES, Report, SystemScores, compare, save, show
+from llmkit.evaluation.report import (
+    EVAL,
+    EVAL_FILES,
+    PREDICTIONS,
+    Report,
+    SystemScores,
+    compare,
+    save,
+    show,
+)
+from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON
-from llmkit.io.write import check_output, owner_kind
+from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.load import LoadedModel
 
 EMBEDDED_CHATTERBOT = "embedded:chatterbot"
@@ -45,11 +55,11 @@ def run_eval(req: EvalRequest) -> Path:
     if mode == "preds":
         report = eval_predictions(req, names)
     elif mode == "generate":
-        report = eval_generation(req, names)
+        report = eval_generation(req, names, out_dir)
     elif mode == "text":
         report = eval_text(req)
     else:
-        report = eval_default_suite(req, names)
+        report = eval_default_suite(req, names, out_dir)
     if len(report.systems) == 2:
         compare(report)
     report.settings["seconds"] = round(time.perf_counter() - start, 2)
@@ -77,6 +87,8 @@ def pick_mode(req: EvalRequest) -> str:
 
 def prepare_output_dir(req: EvalRequest) -> Path:
     """--output-dir, else runs/eval/<--name or a timestamp>; never overwrite silently."""
+    if req.resume and req.output_dir is None and req.name is None:
+        raise UsageError("--resume needs the --name or --output-dir of the interrupted evaluation")
     if req.output_dir is not None:
         out = req.output_dir
     else:
@@ -95,6 +107,8 @@ def prepare_output_dir(req: EvalRequest) -> Path:
             f"output dir {out} holds files llmkit did not make; llmkit writes results only "
             "into new, empty or its own evaluation folders: choose another --output-dir"
         )
+    for name in PREDICTIONS.values():  # before any model loads
+        check_resumable(out / name, resume=req.resume)
     if (out / METRICS_JSON).exists() and not req.overwrite:
         raise UsageError(
             f"{out / METRICS_JSON} already exists: pass --overwrite to replace it, "
@@ -125,8 +139,10 @@ def _generate_and_score(
     names: list[str],
     req: EvalRequest,
     max_new_tokens: int,
+    out_dir: Path,
 ) -> tuple[SystemScores, LoadedModel]:
     loaded = _load(ref)
+    mark_owned(out_dir, EVAL)  # answers are written there as they come
     system = score.generate_and_score(
         label,
         loaded,
@@ -137,6 +153,8 @@ def _generate_and_score(
         batch_size=req.batch_size,
         chat=req.chat,
         system_prompt=req.system,
+        predictions=out_dir / PREDICTIONS[label],
+        resume=req.resume,
     )
     return system, loaded
 
@@ -203,11 +221,11 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 # --- mode 2: generate, then score --------------------------------------------------------------
 
 
-def eval_generation(req: EvalRequest, names: list[str]) -> Report:
+def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
     sources, targets, desc = read_pairs(req)
     new_tokens = req.max_new_tokens or DATA_NEW_TOKENS
     systems = [
-        _generate_and_score(label, ref, sources, targets, names, req, new_tokens)[0]
+        _generate_and_score(label, ref, sources, targets, names, req, new_tokens, out_dir)[0]
         for label, ref in _model_refs(req)
     ]
     report = Report("generate", systems, data={"data": desc, "examples": len(sources)})
@@ -287,7 +305,7 @@ def read_text_set(paths: list[Path]) -> tuple[score.TextSet, str | None]:
 # --- mode 4: the default suite -----------------------------------------------------------------
 
 
-def eval_default_suite(req: EvalRequest, names: list[str]) -> Report:
+def eval_default_suite(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
     """Perplexity on held-out text + generation metrics on held-out chatterbot questions."""
     questions = score.held_out_questions()
     pairs = questions[: req.limit or score.SUITE_QUESTIONS]
@@ -296,7 +314,9 @@ def eval_default_suite(req: EvalRequest, names: list[str]) -> Report:
     systems = []
     text_desc = ""
     for label, ref in _model_refs(req):
-        system, loaded = _generate_and_score(label, ref, sources, targets, names, req, new_tokens)
+        system, loaded = _generate_and_score(
+            label, ref, sources, targets, names, req, new_tokens, out_dir
+        )
         text_set = score.suite_text_set(ref)
         text_desc = text_set.description
         score.measure_perplexity(

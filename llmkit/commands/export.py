@@ -80,5 +80,10 @@ def _adapter_config(run: Path) -> dict[str, Any]:
         raise UsageError(
             f"{run} has no adapter_config.json: it is {what}; export merges LoRA adapters"
         )
-    data: dict[str, Any] = json.loads(cfg.read_text())
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{cfg}: not a valid adapter config ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{cfg}: not a valid adapter config (expected a JSON object)")
     return data

@@ -90,7 +90,8 @@ def setup(
     with args.main_process_first(desc="run folder and data"):
         if main:
             run.create(overwrite=overwrite and not resume)
-            run.write_recipe(recipe.to_yaml())
+            if not (resume and run.recipe_file.exists()):  # resuming: save() records it
+                run.write_recipe(recipe.to_yaml())
         tokenizer = load_tokenizer(
             recipe.base_model, trust_remote_code=recipe.model.trust_remote_code
         )
@@ -108,6 +109,12 @@ def setup(
             f"data: {len(data.train):,} training / {len(data.validation):,} validation examples"
             f"{', packed' if recipe.packing else ''}"
         )
+        if data.eval_pairs is not None:
+            print(
+                f"evaluation: loss on {len(data.validation):,} validation examples; BLEU/ROUGE "
+                f"on greedy answers to {len(data.eval_pairs):,} of them (<= "
+                f"{recipe.eval.max_new_tokens} tokens, stop at {recipe.eval.stop or 'EOS'})"
+            )
     trainer = build_trainer(
         model,
         tokenizer,
@@ -116,7 +123,10 @@ def setup(
         t,
         (data.train, data.validation, data.collator),
         trainer_cls=generation_eval_trainer(
-            data.eval_pairs, tokenizer, max_new_tokens=recipe.eval.max_new_tokens
+            data.eval_pairs,
+            tokenizer,
+            max_new_tokens=recipe.eval.max_new_tokens,
+            stop=recipe.eval.stop,
         ),
         compute_metrics=classification_scores if recipe.task == "classification" else None,
         show_ppl=recipe.task != "classification",
@@ -164,11 +174,12 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     model, recipe, run = job.trainer.model, job.recipe, job.run
     if hasattr(model, "config"):
         model.config.use_cache = True  # off while training (see llmkit.data.collate.pack_batch)
-    job.trainer.save_model()  # main process only
+    from llmkit.train.checkpoints import save_final_model
+
+    save_final_model(job.trainer, run, generation_config=recipe.task != "classification")
     if not job.main:
         return
-    if recipe.task != "classification":
-        model.generation_config.save_pretrained(run.path)
+    run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
     run.write_metrics(metrics)
     run.mark_latest()
     print(

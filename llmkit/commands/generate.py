@@ -14,10 +14,16 @@ from typing import Any
 from llmkit.config.decoding import DecodingConfig, layered
 from llmkit.config.requests import GenerateRequest
 from llmkit.errors import UsageError
-from llmkit.inference.generate import GenerationResult, generate_with_stats, make_streamer
+from llmkit.inference.generate import (
+    GenerationResult,
+    generate_chunks,
+    generate_with_stats,
+    make_streamer,
+)
+from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.io.console import note
 from llmkit.io.files import read_texts
-from llmkit.io.write import check_output, write_jsonl
+from llmkit.io.write import check_output
 from llmkit.models.load import LoadedModel
 
 
@@ -30,6 +36,9 @@ def run_generate(req: GenerateRequest) -> None:
     _check_modes(req, options)
     if req.output is not None:
         check_output(req.output, [req.input, req.recipe])
+        check_resumable(req.output, resume=req.resume)
+    elif req.resume:
+        raise UsageError("--resume continues an --input/--output job: give both")
     loaded = load_causal_lm(req.model or DEFAULT_CAUSAL_LM, trust_remote_code=req.trust_remote_code)
     note(f"model: {loaded.description}")
     if req.input is None:
@@ -112,19 +121,23 @@ def _generate_file(
     options: DecodingConfig,
     req: GenerateRequest,
 ) -> None:
-    result = generate_with_stats(
-        loaded, prompts, options, batch_size=req.batch_size, chat=req.chat, system=req.system
-    )
-    rows = [
-        {**record, "completion": c[0], "completions": c}
-        for record, c in zip(records, result.completions, strict=True)
-    ]
-    if req.output is None:
-        print("\n".join(json.dumps(row, ensure_ascii=False) for row in rows))
+    kwargs: dict[str, Any] = {"batch_size": req.batch_size, "chat": req.chat, "system": req.system}
+    if req.output is None:  # stdout, a chunk at a time as they finish
+        new_tokens, seconds = 0, 0.0
+        for first, chunk in generate_chunks(loaded, prompts, options, **kwargs):
+            for i, c in enumerate(chunk.completions):
+                print(json.dumps(_row(records[first + i], c), ensure_ascii=False), flush=True)
+            new_tokens, seconds = new_tokens + chunk.new_tokens, seconds + chunk.seconds
     else:
-        write_jsonl(req.output, rows)
+        rows, new_tokens, seconds = generate_to_jsonl(
+            loaded, prompts, records, options, req.output, _row, resume=req.resume, **kwargs
+        )
         note(f"wrote {len(rows)} lines to {req.output}")
-    note(f"{_speed(result)}, batch size {req.batch_size}")
+    note(f"{_speed(GenerationResult([], new_tokens, seconds))}, batch size {req.batch_size}")
+
+
+def _row(record: dict[str, Any], completions: list[str]) -> dict[str, Any]:
+    return {**record, "completion": completions[0], "completions": completions}
 
 
 def _json_record(

@@ -66,7 +66,8 @@ def setup(
     with args.main_process_first(desc="run folder and data prep"):
         if main:
             run.create(overwrite=overwrite and not resume)
-            run.write_recipe(recipe.to_yaml())
+            if not (resume and run.recipe_file.exists()):  # resuming: save() records it
+                run.write_recipe(recipe.to_yaml())
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
 
@@ -122,12 +123,13 @@ def train(job: PretrainJob) -> dict[str, Any]:
 
 def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     """The final model (safetensors + tokenizer) at the run root, metrics.json, LATEST."""
-    job.trainer.save_model()  # main process only
+    from llmkit.train.checkpoints import save_final_model
+
+    run, causal = job.run, job.recipe.task == "causal_lm"
+    save_final_model(job.trainer, run, generation_config=causal)
     if not job.main:
         return
-    run, causal = job.run, job.recipe.task == "causal_lm"
-    if causal:
-        job.trainer.model.generation_config.save_pretrained(run.path)
+    run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
     run.write_metrics(metrics)
     run.mark_latest()
     if "eval_perplexity_before" in metrics:

@@ -120,7 +120,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw  # a plain string such as `a: b` that YAML would misread
+        value = raw  # a plain string such as `a: [b` that YAML would misread
+    if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
+        value = raw  # `Translate:` is text; mappings and lists are written `{k: v}`, `[a, b]`
     node = data
     parts = key.split(".")
     for part in parts[:-1]:

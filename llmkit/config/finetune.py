@@ -130,11 +130,21 @@ class EvalSection(Section):
         "accuracy, macro_f1; text2text: bleu, chrf, rouge1, rouge2, rougeL). Used by early "
         "stopping too.",
     )
-    generate_examples: int = Field(
-        32, ge=1, description="text2text: validation examples generated at each evaluation."
+    generate_examples: int | None = Field(
+        None,
+        ge=1,
+        description="text2text: validation examples answered and scored at each evaluation "
+        "(default: all of them, as the loss is; data.max_eval_examples caps both).",
     )
     max_new_tokens: int = Field(
-        64, ge=1, le=MAX_NEW_TOKENS, description="text2text: tokens generated per example."
+        64, ge=1, le=MAX_NEW_TOKENS, description="text2text: most tokens per answer."
+    )
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n"],
+        description="text2text: stop an answer at the first of these strings (default: a "
+        "newline, where one-line targets end; [] to stop only at EOS or max_new_tokens). An "
+        "untrained model rarely stops by itself: without it the first evaluation ran every "
+        "answer to the token limit (9-20 minutes seen).",
     )
 
 

@@ -155,6 +155,9 @@ class GenerateRequest(DecodingConfig, Request):
     field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
     json_: bool = Field(False, description="Print JSON on stdout.")
+    resume: bool = Field(
+        False, description="Continue an interrupted --input/--output job after its last chunk."
+    )
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -181,7 +184,7 @@ class EmbedRequest(Request):
     }
 
     file: Path = Field(description="Texts: .txt (one per line) or .jsonl.")
-    output: Path = Field(description="out.npy (float32 [n, dim]) or out.jsonl.")
+    output: Path = Field(description="out.npy (float32, n x dim) or out.jsonl.")
     model: str = Field("embedded:minilm", description="BERT-family encoder folder.")
     field: str | None = Field(None, description="JSONL field (default: text).")
     batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
@@ -271,14 +274,18 @@ class EvalRequest(Request):
         None, description="Name of the folder under runs/eval (default: a timestamp)."
     )
     overwrite: bool = Field(False, description="Replace an existing metrics.json.")
+    resume: bool = Field(
+        False,
+        description="Continue an interrupted evaluation (same --name/--output-dir) after its "
+        "last finished chunk of answers.",
+    )
     runs_root: Path = Field(Path("runs"), description="Where runs (and runs/eval) live.")
 
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: str | None) -> str | None:
-        from llmkit.evaluation.metrics import parse_metric_names
-
         from llmkit.errors import UsageError
+        from llmkit.evaluation.metrics import parse_metric_names
 
         if value is not None:
             try:

@@ -40,7 +40,7 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
     prompt = "".join(text for text, trained in first[: _first_trained(first)])
     eval_pairs = None
     if recipe.task == "text2text":
-        n = recipe.eval.generate_examples
+        n = recipe.eval.generate_examples or len(val_rows)
         eval_pairs = [
             (
                 recipe.data.template.format(source=r[recipe.data.source_column]),

@@ -218,8 +218,8 @@ def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS)
 
     sample = list(preds[:max_outputs])
     metric = BLEU(effective_order=True)
-    if len(sample) < 2:
-        return CorpusScore(0.0, str(metric.get_signature()))
+    if len(sample) < 2:  # nothing to compare against (and sacrebleu has no signature yet)
+        return CorpusScore(0.0, "n/a: fewer than two outputs")
     scores = [
         metric.sentence_score(hyp, sample[:i] + sample[i + 1 :]).score
         for i, hyp in enumerate(sample)

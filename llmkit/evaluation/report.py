@@ -20,7 +20,11 @@ from llmkit.io.write import MARKER, atomic_path, mark_owned, write_json, write_j
 
 EVAL = "eval"  # the marker kind of an evaluation folder
 # Everything `save` writes: a folder holding only these is an evaluation's, marked or not.
-EVAL_FILES = frozenset({METRICS_JSON, "predictions.jsonl", "predictions_b.jsonl", "ab.png", MARKER})
+PREDICTIONS = {"A": "predictions.jsonl", "B": "predictions_b.jsonl"}
+EVAL_FILES = frozenset(
+    {METRICS_JSON, "ab.png", MARKER, *PREDICTIONS.values()}
+    | {f"{name}.partial" for name in PREDICTIONS.values()}
+)
 
 DISPLAY = {
     "bleu": "BLEU",
@@ -123,8 +127,7 @@ def save(report: Report, out_dir: Path) -> None:
     mark_owned(out_dir, EVAL)
     for system in report.systems:
         if system.predictions is not None:
-            name = "predictions.jsonl" if system.label == "A" else "predictions_b.jsonl"
-            write_jsonl(out_dir / name, system.predictions)
+            write_jsonl(out_dir / PREDICTIONS[system.label], system.predictions)
     if len(report.systems) == 2:
         plot_ab(report, out_dir / "ab.png")
     write_json(out_dir / METRICS_JSON, to_json(report))

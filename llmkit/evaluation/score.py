@@ -62,27 +62,38 @@ def generate_and_score(
     batch_size: int,
     chat: bool | None,
     system_prompt: str | None,
+    predictions: Path,
+    resume: bool = False,
 ) -> SystemScores:
     """Greedy answers to `sources` (through the chat template when the model has one, unless
-    `chat` says otherwise), scored against `targets`; the answers are kept as predictions."""
-    from llmkit.inference.generate import generate_texts
+    `chat` says otherwise), scored against `targets`. The answers are written to
+    `predictions` (JSONL) as they are generated, resumably (llmkit.inference.resumable)."""
+    from llmkit.inference.resumable import generate_to_jsonl
     from llmkit.io.console import note
 
     use_chat = _use_chat(loaded, chat)
     options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
     note(f"[{label}] generating {len(sources)} answers ({'chat template' if use_chat else 'raw'})")
-    start = time.perf_counter()
-    outputs = generate_texts(
-        loaded, sources, options, batch_size=batch_size, chat=use_chat, system=system_prompt
+    records: list[dict[str, Any]] = [
+        {"index": i, "source": s, "reference": t}
+        for i, (s, t) in enumerate(zip(sources, targets, strict=True))
+    ]
+    rows, _, seconds = generate_to_jsonl(
+        loaded,
+        sources,
+        records,
+        options,
+        predictions,
+        lambda record, completions: {**record, "prediction": completions[0].strip()},
+        batch_size=batch_size,
+        resume=resume,
+        chat=use_chat,
+        system=system_prompt,
     )
-    seconds = time.perf_counter() - start
-    preds = [o[0].strip() for o in outputs]
+    preds = [str(r["prediction"]) for r in rows]
     system = score_texts(label, loaded.description, preds, targets, names)
     system.details.update(chat_template=use_chat, generation_seconds=round(seconds, 2))
-    system.predictions = [
-        {"index": i, "source": s, "reference": t, "prediction": p}
-        for i, (s, t, p) in enumerate(zip(sources, targets, preds, strict=True))
-    ]
+    system.predictions = rows
     return system
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,10 @@ def generation_config_for(loaded: LoadedModel, options: DecodingConfig) -> Any:
     import copy
 
     config = copy.deepcopy(loaded.model.generation_config)
-    config.update(**_hf_updates(options))
+    try:
+        config.update(**_hf_updates(options))  # transformers 5.24 validates as it updates
+    except ValueError as e:
+        raise UsageError(f"decoding options: {str(e).strip().splitlines()[0]}") from None
     if config.max_new_tokens is None and config.max_length is None:
         config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     if config.pad_token_id is None:
@@ -188,30 +192,83 @@ def generate_with_stats(
     streamer: Any = None,
 ) -> GenerationResult:
     """`generate_texts` plus token count and time; `streamer` needs a single prompt."""
+    completions: list[list[str]] = []
+    new_tokens = 0
+    start = time.perf_counter()
+    for _, chunk in generate_chunks(
+        loaded,
+        prompts,
+        options,
+        batch_size=batch_size,
+        chat=chat,
+        system=system,
+        progress=progress,
+        streamer=streamer,
+    ):
+        completions += chunk.completions
+        new_tokens += chunk.new_tokens
+    return GenerationResult(completions, new_tokens, time.perf_counter() - start)
+
+
+# Prompts per chunk = batch size x this. A long job hands back (and its command writes) one
+# chunk at a time, so an interrupt loses at most one chunk; length-sorting within 8 batches
+# keeps padding nearly as low as sorting the whole file.
+CHUNK_BATCHES = 8
+
+
+def chunk_size(batch_size: int) -> int:
+    return batch_size * CHUNK_BATCHES
+
+
+def generate_chunks(
+    loaded: LoadedModel,
+    prompts: list[str],
+    options: DecodingConfig,
+    *,
+    batch_size: int = 8,
+    chat: bool = False,
+    system: str | None = None,
+    start: int = 0,
+    progress: bool = True,
+    streamer: Any = None,
+) -> Iterator[tuple[int, GenerationResult]]:
+    """(index of the chunk's first prompt, its completions) for prompts[start:], a chunk of
+    `chunk_size(batch_size)` prompts at a time; `start` must be a chunk boundary.
+
+    Every prompt is encoded and checked against the context first, so a bad one fails before
+    any generation. With a seed, chunk k samples from seed + k, so a job resumed at any chunk
+    gives exactly what one run through would have.
+    """
     import torch
 
-    if not prompts:
-        return GenerationResult(completions=[], new_tokens=0, seconds=0.0)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+    size = chunk_size(batch_size)
+    if start % size and start < len(prompts):
+        raise ValueError(f"start {start} is not a multiple of the chunk size {size}")
+    if start >= len(prompts):
+        return
     config = generation_config_for(loaded, options)
     ids = encode_prompts(loaded.tokenizer, prompts, chat=chat, system=system)
     check_context(loaded.model, ids, config.max_new_tokens)
-    batches = length_sorted_batches([len(r) for r in ids], batch_size)
-    if options.seed is not None:
-        torch.manual_seed(options.seed)  # seeds CPU and every CUDA device
-
-    completions: list[list[str]] = [[] for _ in prompts]
-    new_tokens = 0
-    start = time.perf_counter()
-    bar = ProgressBar("generating", len(prompts), enabled=progress and len(batches) > 1)
+    bar = ProgressBar("generating", len(prompts), enabled=progress and len(prompts) > batch_size)
+    bar(start)
     with torch.inference_mode(), bar:
-        for batch in batches:
-            texts, n = _generate_batch(loaded, [ids[i] for i in batch], config, streamer)
-            per_prompt = len(texts) // len(batch)  # generate returns n sequences per row, grouped
-            for j, i in enumerate(batch):
-                completions[i] = texts[j * per_prompt : (j + 1) * per_prompt]
-            new_tokens += n
-            bar(len(batch))
-    return GenerationResult(completions, new_tokens, time.perf_counter() - start)
+        for first in range(start, len(prompts), size):
+            if options.seed is not None:
+                torch.manual_seed(options.seed + first // size)  # seeds CPU and every GPU
+            began = time.perf_counter()
+            chunk = ids[first : first + size]
+            completions: list[list[str]] = [[] for _ in chunk]
+            new_tokens = 0
+            for batch in length_sorted_batches([len(r) for r in chunk], batch_size):
+                texts, n = _generate_batch(loaded, [chunk[i] for i in batch], config, streamer)
+                per_prompt = len(texts) // len(batch)  # n sequences per row, grouped
+                for j, i in enumerate(batch):
+                    completions[i] = texts[j * per_prompt : (j + 1) * per_prompt]
+                new_tokens += n
+                bar(len(batch), tokens=n)
+            yield first, GenerationResult(completions, new_tokens, time.perf_counter() - began)
 
 
 def _generate_batch(
@@ -220,14 +277,17 @@ def _generate_batch(
     model, tokenizer = loaded.model, loaded.tokenizer
     input_ids, mask = left_pad(rows, config.pad_token_id)
     device = model.device
-    out = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        generation_config=config,
-        # stop_strings are matched on token *strings*, so generate needs the tokenizer.
-        tokenizer=tokenizer if config.stop_strings else None,
-        streamer=streamer,
-    )
+    try:
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            # stop_strings are matched on token *strings*, so generate needs the tokenizer.
+            tokenizer=tokenizer if config.stop_strings else None,
+            streamer=streamer,
+        )
+    except ValueError as e:  # generate's own checks of an option combination
+        raise UsageError(f"decoding options: {str(e).strip().splitlines()[0]}") from None
     new = out[:, input_ids.shape[1] :]
     n_tokens = int((new != config.pad_token_id).sum())
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
@@ -280,17 +340,27 @@ def _partial_stop(text: str, stops: list[str]) -> int:
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
+# Answers per generate call during evaluation: on CPU a decode step reads every weight whatever
+# the batch, so bigger batches are nearly free (see llmkit eval's batch size).
+ANSWER_BATCH = 32
+
+
 def generate_answers(
-    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    stop: list[str] | None = None,
 ) -> list[str]:
-    """Greedy completions (prompt text not included) from a model being trained: switched
-    to eval mode for the call and back."""
+    """Greedy completions (prompt text not included, cut at the first `stop` string) from a
+    model being trained: switched to eval mode for the call and back."""
     was_training = model.training
     model.eval()
     try:
         loaded = LoadedModel(model=model, tokenizer=tokenizer, description="")
-        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
-        out = generate_texts(loaded, prompts, options, progress=False)
+        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False, stop=stop or None)
+        out = generate_texts(loaded, prompts, options, batch_size=ANSWER_BATCH, progress=False)
     finally:
         model.train(was_training)
     return [c[0].strip() for c in out]

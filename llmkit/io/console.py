@@ -16,11 +16,16 @@ def note(message: str) -> None:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr counting `total` items; a no-op when `enabled` is false
-    or stderr is not a terminal. Use as a context manager and call it with each advance."""
+    """A rich progress bar on stderr counting `total` items, with tokens/s when told tokens,
+    and an ETA; a no-op when `enabled` is false or stderr is not a terminal. Use as a context
+    manager and call it with each advance."""
 
     def __init__(self, label: str, total: int, *, enabled: bool = True) -> None:
+        import time
+
         self.progress: Any = None
+        self.tokens = 0
+        self.started = time.perf_counter()
         if enabled and sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (
@@ -36,12 +41,13 @@ class ProgressBar:
                 TextColumn(label),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
             )
-            self.task = self.progress.add_task(label, total=total)
+            self.task = self.progress.add_task(label, total=total, rate="")
 
     def __enter__(self) -> ProgressBar:
         if self.progress is not None:
@@ -52,6 +58,12 @@ class ProgressBar:
         if self.progress is not None:
             self.progress.stop()
 
-    def __call__(self, advance: int) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task, advance)
+    def __call__(self, advance: int, *, tokens: int = 0) -> None:
+        if self.progress is None:
+            return
+        import time
+
+        self.tokens += tokens
+        seconds = time.perf_counter() - self.started
+        rate = f"{self.tokens / seconds:,.0f} tokens/s" if self.tokens and seconds > 0 else ""
+        self.progress.update(self.task, advance=advance, rate=rate)

@@ -12,7 +12,7 @@ The final model sits at the run root, as in HF `run_clm.py`, so
 name of the newest run that finished, for commands that default to "the latest run".
 
 A run folder carries llmkit's marker (`.llmkit`, kind "run"): only a marked folder is ever
-deleted (`--overwrite`), and llmkit never writes a run into a folder of someone else's files.
+deleted when overwriting, and llmkit never writes a run into a folder of someone else's files.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ renamed into place: `os.replace` is atomic on POSIX, so a crash, Ctrl-C or full 
 either the old file or the new one, never half of one, and readers never see a partial file.
 
 Before any work, `check_output` makes sure the destination can be written, is of the right
-kind and is none of the inputs (`generate --input q.txt --output q.txt` once replaced the
+kind and is none of the inputs (generating from q.txt into q.txt once replaced the
 prompts). Folders llmkit makes (runs, exports, evaluations) carry a marker file; only
 folders with one are ever replaced (`remove_owned`).
 """
@@ -102,7 +102,7 @@ def owner_kind(folder: Path) -> str | None:
 
 def check_replaceable(folder: Path, kind: str) -> None:
     """Raise unless `folder` is a `kind` folder llmkit made and is neither the working folder
-    nor one of its parents: what `--overwrite` may delete."""
+    nor one of its parents: what overwriting may delete."""
     resolved, cwd = folder.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise UsageError(f"{folder} is the working folder or one of its parents: never replaced")

@@ -28,19 +28,29 @@ DEFAULT_ENCODER = "embedded:minilm"
 
 @contextmanager
 def loading(what: str, ref: str, where: str = "") -> Iterator[None]:
-    """Turn transformers' loading errors into one line that names the model and the fix."""
+    """Turn any error from loading a user's model files into one line naming the model.
+
+    This is the boundary where a user's folder meets transformers, peft, safetensors and
+    tokenizers, which raise a dozen types for bad files (OSError for a missing file,
+    SafetensorError for a truncated one, ValueError for a `{}` config.json, Exception from
+    the Rust tokenizer for a broken tokenizer.json, KeyError, json errors...): all of them
+    mean "this folder is not a loadable model", so all become a UsageError.
+    """
     prefix = f"{where}: " if where else ""
     try:
         yield
-    except OSError as e:
-        raise UsageError(f"{prefix}cannot load {what} {ref}: {str(e).splitlines()[0]}") from e
-    except ValueError as e:
-        if "trust_remote_code" not in str(e):
-            raise
-        raise UsageError(
-            f"{prefix}{ref} ships its own Python code, which llmkit does not run unless asked",
-            fix=Fix.TRUST_REMOTE_CODE,
-        ) from e
+    except UsageError:
+        raise
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as e:
+        if isinstance(e, ValueError) and "trust_remote_code" in str(e):
+            raise UsageError(
+                f"{prefix}{ref} ships its own Python code, which llmkit does not run unless asked",
+                fix=Fix.TRUST_REMOTE_CODE,
+            ) from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UsageError(f"{prefix}cannot load {what} {ref}: {first}") from e
 
 
 def resolve_ref(ref: str) -> str:
@@ -78,7 +88,11 @@ def adapter_base(path: str) -> str | None:
     cfg = Path(path) / "adapter_config.json"
     if not cfg.exists():
         return None
-    base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"{cfg}: not a valid adapter config ({e})") from None
+    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
     if not base:
         raise UsageError(f"{cfg}: base_model_name_or_path is empty")
     return str(base)
@@ -128,7 +142,8 @@ def load_causal_lm(
     if base is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path)
+        with loading("LoRA adapter", ref):
+            model = PeftModel.from_pretrained(model, path)
     if device:
         model.to(device)
     model.eval()
@@ -204,12 +219,8 @@ def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str
         }
     else:
         auto = AutoModelForCausalLM
-    try:
+    with loading("model", recipe.base_model, "model.init"):
         model = auto.from_pretrained(resolve_ref(recipe.base_model), **kwargs)
-    except (OSError, ValueError) as e:
-        raise UsageError(
-            f"model.init: cannot load {recipe.base_model}: {str(e).splitlines()[0]}"
-        ) from e
     check_vocab(model, tokenizer, "model.init")
     if labels is None:
         # Packed rows need it off (llmkit.data.collate.pack_batch); no training step reuses a cache.
@@ -228,11 +239,9 @@ def load_encoder(ref: str = DEFAULT_ENCODER) -> tuple[Any, Any, int]:
 
     hf_logging.disable_progress_bar()
     path = resolve_ref(ref)
-    try:
+    with loading("encoder", ref):
         model = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load encoder {ref}: {str(e).splitlines()[0]}") from None
     model.eval()
     return model, tokenizer, encoder_max_tokens(Path(path), model, tokenizer)
 
@@ -242,7 +251,10 @@ def encoder_max_tokens(path: Path, model: Any, tokenizer: Any) -> int:
     (256 for all-MiniLM-L6-v2: it was trained on that), else the position table (512)."""
     st_config = path / "sentence_bert_config.json"
     if st_config.exists():
-        length = json.loads(st_config.read_text()).get("max_seq_length")
+        try:
+            length = json.loads(st_config.read_text()).get("max_seq_length")
+        except (ValueError, OSError, AttributeError):
+            length = None  # a broken optional file: fall back to the position table
         if isinstance(length, int) and length > 0:
             return length
     limits = [getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UsageError
-from llmkit.models.load import resolve_ref
+from llmkit.models.load import loading, resolve_ref
 
 if TYPE_CHECKING:
     from llmkit.config.finetune import FinetuneRecipe
@@ -106,9 +106,7 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
     if task == "SEQ_CLS":
         # The head's size and names live in the run's config (saved next to the adapter).
         auto: Any = AutoModelForSequenceClassification
-        head = (
-            json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-        )
+        head = _json_object(run / "config.json")
         labels = head.get("id2label") or {}
         kwargs |= {
             "num_labels": len(labels) or 2,
@@ -118,9 +116,21 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
     else:
         auto = AutoModelForCausalLM
-    try:
+    with loading("base model", base_ref):
         base = auto.from_pretrained(resolve_ref(base_ref), **kwargs)
-    except OSError as e:
-        raise UsageError(f"base model {base_ref}: {str(e).splitlines()[0]}") from e
-    model = PeftModel.from_pretrained(base, str(run))
+    with loading("LoRA adapter", str(run)):
+        model = PeftModel.from_pretrained(base, str(run))
     return model.merge_and_unload()
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, {} if the file is absent; a broken one is a UsageError."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data

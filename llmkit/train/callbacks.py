@@ -89,6 +89,7 @@ EVAL_METRICS = {
     "macro_f1": "macro-F1 {:.3f}",
     "bleu": "BLEU {:.1f}",
     "rougeL": "ROUGE-L {:.1f}",
+    "generation_seconds": "answers {:.1f}s",
 }
 
 

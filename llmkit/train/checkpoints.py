@@ -11,6 +11,7 @@ fall back to the previous one with a warning, moving the bad one aside rather th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -24,6 +25,34 @@ from llmkit.io.runs import RunDir
 
 STAGING = ".staging"
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+
+
+class FiniteTrainingMixin:
+    """Mix into a `transformers.Trainer` subclass: the first non-finite loss or gradient norm
+    stops training with one line, before this step logs or saves anything. A NaN learning
+    rate once trained to all-NaN weights, saved them and exited 0; now the last good
+    checkpoint stays the newest, and no final model, metrics.json or LATEST is written."""
+
+    def _maybe_log_save_evaluate(
+        self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        import torch
+
+        trainer: Any = self
+        # One scalar check per optimizer step: a host sync on a GPU, microseconds next to a step.
+        bad = []
+        if not bool(torch.isfinite(tr_loss).all()):
+            bad.append("the loss is not finite")
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            bad.append(f"the gradient norm is {float(grad_norm)}")
+        if bad:
+            kept = RunDir(Path(trainer.args.output_dir)).checkpoints()
+            last = f"{kept[-1]} is the last good checkpoint" if kept else "no checkpoint exists"
+            raise UsageError(
+                f"training diverged at step {trainer.state.global_step}: {' and '.join(bad)}; "
+                f"nothing from this step was saved ({last}); lower train.lr or check the data"
+            )
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)  # type: ignore[misc]
 
 
 class AtomicCheckpointsMixin:
@@ -161,6 +190,39 @@ def resumable_checkpoint(run: RunDir) -> Path:
             shutil.rmtree(aside)
         ckpt.rename(aside)
     raise UsageError(f"every checkpoint in {run.path} is incomplete or corrupt", fix=Fix.RESUME)
+
+
+def save_final_model(trainer: Any, run: RunDir, *, generation_config: bool) -> None:
+    """The trained model or adapter, its tokenizer (and generation config) at the run root.
+
+    Written to `<run>/.staging/final` first and moved in file by file, config.json (which
+    makes the folder a model) last: a full disk or a kill mid-save leaves the checkpoints and
+    no partial model (it once left config.json and no weights). Every process calls it
+    (FSDP gathers the weights); only the main one writes.
+    """
+    staged = run.path / STAGING / "final"
+    main = trainer.args.should_save
+    if main:
+        shutil.rmtree(staged, ignore_errors=True)
+    try:
+        trainer.save_model(str(staged))
+        if main and generation_config:
+            trainer.model.generation_config.save_pretrained(str(staged))
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(staged, ignore_errors=True)
+        kept = run.checkpoints()
+        last = f"; {kept[-1]} is kept (resume from it to save again)" if kept else ""
+        raise UsageError(
+            f"cannot save the final model to {run.path}: "
+            f"{getattr(e, 'strerror', None) or e} (is the disk full?){last}"
+        ) from e
+    if not main:
+        return
+    _fsync_tree(staged)
+    defining = ("config.json", "adapter_config.json")
+    for f in sorted(staged.iterdir(), key=lambda p: p.name in defining):
+        os.replace(f, run.path / f.name)
+    staged.rmdir()
 
 
 def clear_staging(run: RunDir) -> None:

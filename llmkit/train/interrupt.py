@@ -8,48 +8,34 @@ others waiting on a gradient all-reduce forever. A second Ctrl-C quits at once.
 
 from __future__ import annotations
 
-import signal
-import sys
-from types import FrameType
 from typing import Any
 
 from transformers import TrainerCallback
 
-from llmkit.errors import TrainingInterrupted
-
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from llmkit.io.interrupt import StopFlag
 
 
 class StopOnSignal(TrainerCallback):
+    """The step in flight finishes, a checkpoint is saved, then training stops; every rank
+    stops after the same step."""
+
     def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
+        self.flag = StopFlag("this step and saving a checkpoint")
+
+    @property
+    def received(self) -> int | None:
+        return self.flag.received
 
     def install(self) -> None:
-        for sig in EXIT_CODES:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self.flag.install()
 
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: the user means it
-        self.received = signum
-        name = signal.Signals(signum).name
-        again = " (Ctrl-C again to quit now)" if signum == signal.SIGINT else ""
-        print(
-            f"\n{name}: finishing this step and saving a checkpoint{again}",
-            file=sys.stderr,
-            flush=True,
-        )
+        self.flag.uninstall()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         signum = self._agreed_signal(args)
         if signum is not None:
-            self.received = signum
+            self.flag.received = signum
             control.should_save = True
             control.should_training_stop = True
 
@@ -64,9 +50,4 @@ class StopOnSignal(TrainerCallback):
         return int(flag.item()) or None
 
     def exit_if_interrupted(self, step: int, run_path: Any, *, main: bool) -> None:
-        if self.received is None:
-            return
-        code = EXIT_CODES.get(signal.Signals(self.received), 128 + self.received)
-        if main:
-            print(f"stopped at step {step}; checkpoint saved in {run_path}", file=sys.stderr)
-        raise TrainingInterrupted(code, main=main)
+        self.flag.stop(f"stopped at step {step}; checkpoint saved in {run_path}", main=main)

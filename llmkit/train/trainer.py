@@ -6,15 +6,22 @@ they set up the process group, which data prep needs for `main_process_first`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llmkit.config.recipe import TrainConfig
+from llmkit.errors import UsageError
 from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import MetricsJsonl, ProgressLines
-from llmkit.train.checkpoints import AtomicCheckpointsMixin, clear_staging, resumable_checkpoint
+from llmkit.train.checkpoints import (
+    AtomicCheckpointsMixin,
+    FiniteTrainingMixin,
+    clear_staging,
+    resumable_checkpoint,
+)
 from llmkit.train.interrupt import StopOnSignal
 from llmkit.train.loss import use_chunked_loss
 
@@ -46,8 +53,10 @@ def build_trainer(
         extra.append(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
     # Causal LMs on CPU get the chunked cross-entropy: a third faster per step, same numbers.
     use_chunked_loss(model)
-    # Every llmkit trainer writes checkpoints atomically (see llmkit.train.checkpoints).
-    cls = type(f"Atomic{trainer_cls.__name__}", (AtomicCheckpointsMixin, trainer_cls), {})
+    # Every llmkit trainer stops on a non-finite loss and writes checkpoints atomically
+    # (see llmkit.train.checkpoints).
+    bases = (FiniteTrainingMixin, AtomicCheckpointsMixin, trainer_cls)
+    cls = type(f"Atomic{trainer_cls.__name__}", bases, {})
     trainer = cls(
         model=model,
         args=args,
@@ -82,6 +91,14 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
     stop.install()
     try:
         out = trainer.train(resume_from_checkpoint=checkpoint)
+    except RuntimeError as e:
+        if checkpoint is None or "state_dict" not in str(e):
+            raise
+        # torch's "Error(s) in loading state_dict ... size mismatch": another model's checkpoint.
+        raise UsageError(
+            f"{checkpoint} does not fit this recipe's model ({str(e).splitlines()[0][:120]}); "
+            f"resume with the recipe it was trained with: {run.recipe_file}"
+        ) from None
     finally:
         stop.uninstall()
         # On an error the bar would otherwise be closed at exit, printing after our message.
@@ -96,7 +113,11 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
 
 
 def generation_eval_trainer(
-    pairs: list[tuple[str, str]] | None, tokenizer: Any, *, max_new_tokens: int
+    pairs: list[tuple[str, str]] | None,
+    tokenizer: Any,
+    *,
+    max_new_tokens: int,
+    stop: list[str] | None = None,
 ) -> type[Trainer]:
     """Trainer, or with (prompt, reference) `pairs` a Trainer whose every evaluation also
     generates answers and scores them (text2text fine-tuning)."""
@@ -115,8 +136,12 @@ def generation_eval_trainer(
         def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
             output = super().evaluation_loop(*args, **kwargs)
             prefix = kwargs.get("metric_key_prefix", "eval")
-            preds = generate_answers(self.model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+            began = time.perf_counter()
+            preds = generate_answers(
+                self.model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop
+            )
             scores = generation_scores(preds, references)
+            scores["generation_seconds"] = time.perf_counter() - began
             assert output.metrics is not None  # a dict: the loop always reports the loss
             output.metrics.update({f"{prefix}_{k}": round(v, 3) for k, v in scores.items()})
             return output
