@@ -165,9 +165,8 @@ def check_invariant(argv: list[str], tiny: Path) -> None:
         code, _, err = _run(argv)
         os.chdir(old_cwd)
 
-        event(
-            f"{argv[0] if argv[0] != 'prep' or argv[1] != 'tokenizer' else 'tokenizer'}: exit {code}"
-        )
+        command = "prep tokenizer" if argv[:2] == ["prep", "tokenizer"] else argv[0]
+        event(f"{command}: exit {code}")
         assert "Traceback" not in err, f"{argv}\n{err}"
         assert code in (0, 2), f"{argv}: exit {code}\n{err[-3000:]}"
         if code == 2:  # one error line, last, or "error: N problems:" and its "  - " items

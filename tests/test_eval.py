@@ -297,8 +297,8 @@ def test_eval_with_no_arguments_scores_smollm2_on_held_out_data(tmp_path: Path) 
 def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
     tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
-    """As if `eval --data` was stopped after its first chunk of 2 x 8 answers: --resume
-    answers the rest, and predictions and scores equal an uninterrupted run's."""
+    """As if `eval --data` was stopped after its first batches of 2 answers: --resume answers
+    the rest, and predictions and scores equal an uninterrupted run's."""
     data = write_jsonl(
         tmp_path / "d.jsonl",
         [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(40)],
@@ -312,7 +312,10 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
     again = tmp_path / "again"
     again.mkdir()
     (again / ".llmkit").write_text('{"kind": "eval"}')
-    (again / "predictions.jsonl.partial").write_text("".join(answers.splitlines(True)[:16]))
+    header = {"llmkit_partial": 1, "batch_size": 2, "prompts": 40}
+    done = [json.loads(line) for line in answers.splitlines()[:6]]  # rows 0-5 had finished
+    partial = [header] + [{"index": r["index"], "row": r} for r in done]
+    (again / "predictions.jsonl.partial").write_text("".join(json.dumps(p) + "\n" for p in partial))
     refused = run_cli(*args, "--output-dir", "again", cwd=tmp_path)
     assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
     resumed = run_cli(*args, "--output-dir", "again", "--resume", cwd=tmp_path)

@@ -6,13 +6,13 @@ and loads with `AutoModelFor*.from_pretrained(folder)`: no peft, no extra matmul
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from llmkit.config.requests import ExportRequest
 from llmkit.errors import UsageError
+from llmkit.io.files import read_json_object
 from llmkit.io.write import check_output, check_replaceable, replace_folder
 
 EXPORT = "export"  # the marker kind of an export folder
@@ -80,10 +80,4 @@ def _adapter_config(run: Path) -> dict[str, Any]:
         raise UsageError(
             f"{run} has no adapter_config.json: it is {what}; export merges LoRA adapters"
         )
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{cfg}: not a valid adapter config ({e})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{cfg}: not a valid adapter config (expected a JSON object)")
-    return data
+    return read_json_object(cfg, "adapter config")

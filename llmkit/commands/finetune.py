@@ -89,9 +89,7 @@ def setup(
     main = args.process_index == 0
     with args.main_process_first(desc="run folder and data"):
         if main:
-            run.create(overwrite=overwrite and not resume)
-            if not (resume and run.recipe_file.exists()):  # resuming: save() records it
-                run.write_recipe(recipe.to_yaml())
+            run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
         tokenizer = load_tokenizer(
             recipe.base_model, trust_remote_code=recipe.model.trust_remote_code
         )

@@ -16,7 +16,6 @@ from llmkit.config.requests import GenerateRequest
 from llmkit.errors import UsageError
 from llmkit.inference.generate import (
     GenerationResult,
-    generate_chunks,
     generate_with_stats,
     make_streamer,
 )
@@ -122,12 +121,11 @@ def _generate_file(
     req: GenerateRequest,
 ) -> None:
     kwargs: dict[str, Any] = {"batch_size": req.batch_size, "chat": req.chat, "system": req.system}
-    if req.output is None:  # stdout, a chunk at a time as they finish
-        new_tokens, seconds = 0, 0.0
-        for first, chunk in generate_chunks(loaded, prompts, options, **kwargs):
-            for i, c in enumerate(chunk.completions):
-                print(json.dumps(_row(records[first + i], c), ensure_ascii=False), flush=True)
-            new_tokens, seconds = new_tokens + chunk.new_tokens, seconds + chunk.seconds
+    if req.output is None:  # stdout, in input order
+        result = generate_with_stats(loaded, prompts, options, **kwargs)
+        for record, c in zip(records, result.completions, strict=True):
+            print(json.dumps(_row(record, c), ensure_ascii=False))
+        new_tokens, seconds = result.new_tokens, result.seconds
     else:
         rows, new_tokens, seconds = generate_to_jsonl(
             loaded, prompts, records, options, req.output, _row, resume=req.resume, **kwargs

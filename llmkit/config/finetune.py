@@ -141,8 +141,9 @@ class EvalSection(Section):
     )
     stop: list[str] = Field(
         default_factory=lambda: ["\n"],
-        description="text2text: stop an answer at the first of these strings (default: a "
-        "newline, where one-line targets end; [] to stop only at EOS or max_new_tokens). An "
+        description="text2text: stop an answer at the first of these strings once it has "
+        "begun (default: a newline, where one-line targets end; [] to stop only at EOS or "
+        "max_new_tokens). An "
         "untrained model rarely stops by itself: without it the first evaluation ran every "
         "answer to the token limit (9-20 minutes seen).",
     )

@@ -156,7 +156,7 @@ class GenerateRequest(DecodingConfig, Request):
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
     json_: bool = Field(False, description="Print JSON on stdout.")
     resume: bool = Field(
-        False, description="Continue an interrupted --input/--output job after its last chunk."
+        False, description="Continue an interrupted --input/--output job after its last batch."
     )
 
     @field_validator("stop", mode="before")
@@ -277,7 +277,7 @@ class EvalRequest(Request):
     resume: bool = Field(
         False,
         description="Continue an interrupted evaluation (same --name/--output-dir) after its "
-        "last finished chunk of answers.",
+        "last finished batch of answers.",
     )
     runs_root: Path = Field(Path("runs"), description="Where runs (and runs/eval) live.")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,51 +176,26 @@ def generate_texts(
     loaded: LoadedModel, prompts: list[str], options: DecodingConfig, **kwargs: Any
 ) -> list[list[str]]:
     """Completions only (no prompt text), in input order: one list of
-    num_return_sequences strings per prompt. Options as `generate_with_stats`."""
+    num_return_sequences strings per prompt. Options as `generate_batches`."""
     return generate_with_stats(loaded, prompts, options, **kwargs).completions
 
 
 def generate_with_stats(
-    loaded: LoadedModel,
-    prompts: list[str],
-    options: DecodingConfig,
-    *,
-    batch_size: int = 8,
-    chat: bool = False,
-    system: str | None = None,
-    progress: bool = True,
-    streamer: Any = None,
+    loaded: LoadedModel, prompts: list[str], options: DecodingConfig, **kwargs: Any
 ) -> GenerationResult:
-    """`generate_texts` plus token count and time; `streamer` needs a single prompt."""
-    completions: list[list[str]] = []
+    """`generate_texts` plus token count and time (options as `generate_batches`; a
+    `streamer` needs a single prompt)."""
+    completions: list[list[str]] = [[] for _ in prompts]
     new_tokens = 0
     start = time.perf_counter()
-    for _, chunk in generate_chunks(
-        loaded,
-        prompts,
-        options,
-        batch_size=batch_size,
-        chat=chat,
-        system=system,
-        progress=progress,
-        streamer=streamer,
-    ):
-        completions += chunk.completions
-        new_tokens += chunk.new_tokens
+    for indices, texts, n in generate_batches(loaded, prompts, options, **kwargs):
+        for i, completion in zip(indices, texts, strict=True):
+            completions[i] = completion
+        new_tokens += n
     return GenerationResult(completions, new_tokens, time.perf_counter() - start)
 
 
-# Prompts per chunk = batch size x this. A long job hands back (and its command writes) one
-# chunk at a time, so an interrupt loses at most one chunk; length-sorting within 8 batches
-# keeps padding nearly as low as sorting the whole file.
-CHUNK_BATCHES = 8
-
-
-def chunk_size(batch_size: int) -> int:
-    return batch_size * CHUNK_BATCHES
-
-
-def generate_chunks(
+def generate_batches(
     loaded: LoadedModel,
     prompts: list[str],
     options: DecodingConfig,
@@ -228,55 +203,60 @@ def generate_chunks(
     batch_size: int = 8,
     chat: bool = False,
     system: str | None = None,
-    start: int = 0,
+    done: Collection[int] = (),
     progress: bool = True,
     streamer: Any = None,
-) -> Iterator[tuple[int, GenerationResult]]:
-    """(index of the chunk's first prompt, its completions) for prompts[start:], a chunk of
-    `chunk_size(batch_size)` prompts at a time; `start` must be a chunk boundary.
+    answer_stops: list[str] | None = None,
+) -> Iterator[tuple[list[int], list[list[str]], int]]:
+    """(prompt indices, their completions, new tokens) per batch as each finishes, skipping
+    batches whose prompts are all `done` (a resumed job).
 
     Every prompt is encoded and checked against the context first, so a bad one fails before
-    any generation. With a seed, chunk k samples from seed + k, so a job resumed at any chunk
-    gives exactly what one run through would have.
+    any generation. Batches are fixed by the prompts and the batch size alone, and with a seed
+    batch k samples from seed + k: a job resumed at any batch gives exactly what one run
+    through would have.
     """
     import torch
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
-    size = chunk_size(batch_size)
-    if start % size and start < len(prompts):
-        raise ValueError(f"start {start} is not a multiple of the chunk size {size}")
-    if start >= len(prompts):
-        return
     config = generation_config_for(loaded, options)
     ids = encode_prompts(loaded.tokenizer, prompts, chat=chat, system=system)
     check_context(loaded.model, ids, config.max_new_tokens)
-    bar = ProgressBar("generating", len(prompts), enabled=progress and len(prompts) > batch_size)
-    bar(start)
+    batches = length_sorted_batches([len(r) for r in ids], batch_size)
+    finished = set(done)
+    bar = ProgressBar("generating", len(prompts), enabled=progress and len(batches) > 1)
+    bar(len(finished & set(range(len(prompts)))))
     with torch.inference_mode(), bar:
-        for first in range(start, len(prompts), size):
+        for k, batch in enumerate(batches):
+            if all(i in finished for i in batch):
+                continue
             if options.seed is not None:
-                torch.manual_seed(options.seed + first // size)  # seeds CPU and every GPU
-            began = time.perf_counter()
-            chunk = ids[first : first + size]
-            completions: list[list[str]] = [[] for _ in chunk]
-            new_tokens = 0
-            for batch in length_sorted_batches([len(r) for r in chunk], batch_size):
-                texts, n = _generate_batch(loaded, [chunk[i] for i in batch], config, streamer)
-                per_prompt = len(texts) // len(batch)  # n sequences per row, grouped
-                for j, i in enumerate(batch):
-                    completions[i] = texts[j * per_prompt : (j + 1) * per_prompt]
-                new_tokens += n
-                bar(len(batch), tokens=n)
-            yield first, GenerationResult(completions, new_tokens, time.perf_counter() - began)
+                torch.manual_seed(options.seed + k)  # seeds CPU and every CUDA device
+            rows = [ids[i] for i in batch]
+            texts, n = _generate_batch(loaded, rows, config, streamer, answer_stops)
+            per_prompt = len(texts) // len(batch)  # n sequences per row, grouped
+            yield (
+                batch,
+                [texts[j * per_prompt : (j + 1) * per_prompt] for j in range(len(batch))],
+                n,
+            )
+            bar(len(batch), tokens=n)
 
 
 def _generate_batch(
-    loaded: LoadedModel, rows: list[list[int]], config: Any, streamer: Any
+    loaded: LoadedModel,
+    rows: list[list[int]],
+    config: Any,
+    streamer: Any,
+    answer_stops: list[str] | None = None,
 ) -> tuple[list[str], int]:
     model, tokenizer = loaded.model, loaded.tokenizer
     input_ids, mask = left_pad(rows, config.pad_token_id)
     device = model.device
+    criteria = None
+    if answer_stops:
+        from transformers import StoppingCriteriaList
+
+        criteria = StoppingCriteriaList([_AnswerStop(tokenizer, answer_stops, input_ids.shape[1])])
     try:
         out = model.generate(
             input_ids=input_ids.to(device),
@@ -285,14 +265,32 @@ def _generate_batch(
             # stop_strings are matched on token *strings*, so generate needs the tokenizer.
             tokenizer=tokenizer if config.stop_strings else None,
             streamer=streamer,
+            stopping_criteria=criteria,
         )
     except ValueError as e:  # generate's own checks of an option combination
         raise UsageError(f"decoding options: {str(e).strip().splitlines()[0]}") from None
     new = out[:, input_ids.shape[1] :]
     n_tokens = int((new != config.pad_token_id).sum())
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    stops = _as_list(config.stop_strings)
-    return [cut_at_stop(t, stops) for t in texts], n_tokens
+    if answer_stops:
+        return [cut_at_stop(t.lstrip(), answer_stops) for t in texts], n_tokens
+    return [cut_at_stop(t, _as_list(config.stop_strings)) for t in texts], n_tokens
+
+
+class _AnswerStop:
+    """A stopping criterion: a row is done once its answer has begun (leading whitespace is
+    not an answer) and then holds a stop string. transformers' stop_strings would end an
+    answer at the newline a template's "Answer:" is often followed by, leaving it empty."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_length: int) -> None:
+        self.tokenizer, self.stops, self.start = tokenizer, stops, prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
+        done = [any(s in t.lstrip() for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def cut_at_stop(text: str, stops: list[str]) -> str:
@@ -353,14 +351,17 @@ def generate_answers(
     max_new_tokens: int,
     stop: list[str] | None = None,
 ) -> list[str]:
-    """Greedy completions (prompt text not included, cut at the first `stop` string) from a
-    model being trained: switched to eval mode for the call and back."""
+    """Greedy answers (prompt text and leading whitespace not included, stopped at the first
+    `stop` string once the answer has begun) from a model being trained: switched to eval
+    mode for the call and back."""
     was_training = model.training
     model.eval()
     try:
         loaded = LoadedModel(model=model, tokenizer=tokenizer, description="")
-        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False, stop=stop or None)
-        out = generate_texts(loaded, prompts, options, batch_size=ANSWER_BATCH, progress=False)
+        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
+        out = generate_texts(
+            loaded, prompts, options, batch_size=ANSWER_BATCH, progress=False, answer_stops=stop
+        )
     finally:
         model.train(was_training)
     return [c[0].strip() for c in out]

@@ -150,6 +150,17 @@ def _line_of(problem: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+def read_json_object(path: Path, what: str = "JSON file") -> dict[str, Any]:
+    """A file holding one JSON object (a config), or one line naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"{path}: not a valid {what} ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a valid {what} (expected a JSON object)")
+    return data
+
+
 def read_document(path: Path) -> str:
     """The whole text of a file that must hold some (an empty file is an error)."""
     text = read_text(path)

@@ -117,6 +117,14 @@ class RunDir:
         except OSError as e:
             raise UsageError(f"output dir {self.path} is not writable: {e.strerror}") from e
 
+    def start(self, recipe_yaml: str, *, resume: bool, overwrite: bool) -> None:
+        """`create` the folder and record the recipe (a resumed run keeps the one it was
+        trained with until it finishes: `--resume` with another model must be refused by
+        name)."""
+        self.create(overwrite=overwrite and not resume)
+        if not (resume and self.recipe_file.exists()):
+            self.write_recipe(recipe_yaml)
+
     def first_eval_loss(self) -> float | None:
         """The eval loss logged before training (step 0), so a resumed run can still report
         "before -> after"."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmkit import assets
 from llmkit.errors import Fix, UsageError
+from llmkit.io.files import read_json_object
 
 if TYPE_CHECKING:
     from llmkit.config.finetune import FinetuneRecipe
@@ -88,11 +89,7 @@ def adapter_base(path: str) -> str | None:
     cfg = Path(path) / "adapter_config.json"
     if not cfg.exists():
         return None
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UsageError(f"{cfg}: not a valid adapter config ({e})") from None
-    base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
+    base = read_json_object(cfg, "adapter config").get("base_model_name_or_path")
     if not base:
         raise UsageError(f"{cfg}: base_model_name_or_path is empty")
     return str(base)

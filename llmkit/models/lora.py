@@ -7,12 +7,12 @@ peft, no extra matmuls at inference.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UsageError
+from llmkit.io.files import read_json_object
 from llmkit.models.load import loading, resolve_ref
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
     if task == "SEQ_CLS":
         # The head's size and names live in the run's config (saved next to the adapter).
         auto: Any = AutoModelForSequenceClassification
-        head = _json_object(run / "config.json")
+        config = run / "config.json"
+        head = read_json_object(config, "model config") if config.exists() else {}
         labels = head.get("id2label") or {}
         kwargs |= {
             "num_labels": len(labels) or 2,
@@ -121,16 +122,3 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
     with loading("LoRA adapter", str(run)):
         model = PeftModel.from_pretrained(base, str(run))
     return model.merge_and_unload()
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, {} if the file is absent; a broken one is a UsageError."""
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return data
