@@ -41,6 +41,7 @@ FIX_WORDING = {
     Fix.RESUME_OR_OVERWRITE: "{message}: pass --resume to continue it, --overwrite to replace "
     "it, or --output-dir for a new one",
     Fix.RESUME: "--resume: {message}",
+    Fix.OVERWRITE: "{message}: pass --overwrite to replace it",
     Fix.RESUME_PARTIAL: "{message}: pass --resume to continue it, or delete it to start over",
     Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
     "true) if you trust it",

@@ -22,6 +22,7 @@ class Fix(Enum):
 
     RESUME_OR_OVERWRITE = "{message}: resume it, overwrite it, or choose another output folder"
     RESUME = "resume: {message}"
+    OVERWRITE = "{message}: replace it only with overwrite=True"
     RESUME_PARTIAL = "{message}: resume it (resume=True), or delete it to start over"
     TRUST_REMOTE_CODE = (
         "{message}: set model.trust_remote_code (trust_remote_code=True) if you trust it"

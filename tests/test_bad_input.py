@@ -281,6 +281,16 @@ CASES: dict[str, Case] = {
         "output in.jsonl is also an input (in.jsonl)",
         {"in.jsonl": '{"text": "hi"}\n'},
     ),
+    "generate output is an existing file": Case(
+        ["generate", "--model", "{tiny}", "--input", "q.txt", "--output", "mine.jsonl"],
+        "output mine.jsonl already exists: pass --overwrite to replace it",
+        {"q.txt": "Hello\n", "mine.jsonl": '{"precious": 1}\n'},
+    ),
+    "embed output is an existing file": Case(
+        ["embed", "q.txt", "--output", "mine.npy"],
+        "output mine.npy already exists: pass --overwrite to replace it",
+        {"q.txt": "Hello\n", "mine.npy": b"mine"},
+    ),
     "generate output is a folder": Case(
         ["generate", "--model", "{tiny}", "--input", "q.txt", "--output", "outdir"],
         "output outdir is a folder; give a file name",

@@ -6,7 +6,8 @@ One invariant, whatever the command, values, files and output paths:
     only by its "  - " items);
   - never a traceback;
   - every file that existed before is byte-identical afterwards, unless it lies inside a
-    folder llmkit made (one with its `.llmkit` marker).
+    folder llmkit made (one with its `.llmkit` marker) or is the file output of a command
+    given `--overwrite` (a file has no marker: replacing one takes the user's word).
 
 Invocations run in-process through `llmkit.cli.main` (the console script's code path,
 without ~4 s of imports each), each in a fresh folder holding the user's files: a corpus,
@@ -35,8 +36,12 @@ from hypothesis import strategies as st
 TINY = str(REPO / "recipes/pretrain/tiny-cpu.yaml")
 
 USER_FILES: dict[str, str | bytes] = {
-    "corpus/a.txt": "To be, or not to be, that is the question.\n" * 40,
-    "corpus/b.jsonl": '{"text": "Now is the winter of our discontent."}\n' * 30,
+    "corpus/a.txt": "".join(
+        f"Line {i}: to be, or not to be, that is question {i}.\n" for i in range(80)
+    ),
+    "corpus/b.jsonl": "".join(
+        f'{{"text": "Now is the winter {i} of our discontent."}}\n' for i in range(40)
+    ),
     "q.txt": "Hello there\nThe king said\n",
     "q.jsonl": '{"prompt": "Hi", "id": 1}\n{"prompt": "Yes", "id": 2}\n',
     "p.txt": "the cat sat\na dog ran\n",
@@ -61,20 +66,32 @@ HOSTILE_VALUES = [
     "inf", "-inf", ".nan", "nan", "1e308", "-1", "0", "", "null", "[]", "{}", "[1, 2",
     "99999999999999999999", "../x", "x/y", "true", "3", "0.5", "abc", "'quoted'",
 ]  # fmt: skip
-RECIPE_FIELDS = [
-    "name", "train.lr", "train.max_steps", "train.epochs", "train.batch_size", "train.seed",
-    "train.warmup", "train.output_dir", "data.block_size", "data.validation", "data.min_chars",
-    "data.sources", "model.hidden_size", "model.num_heads", "model.pad_vocab_to_multiple_of",
-    "tokenizer.source", "train.devices", "nonsense.key",
-]  # fmt: skip
+# Recipe fields with values that are valid for them: half the overrides draw from these, so
+# invocations that should succeed (and write outputs) are exercised too, not only refusals.
+GOOD_VALUES = {
+    "name": ["run2", "x"], "train.lr": ["1.0e-3", "0.01"], "train.max_steps": ["1", "2"],
+    "train.epochs": ["1", "0.5"], "train.batch_size": ["2", "4"], "train.seed": ["0", "7"],
+    "train.warmup": ["0", "0.5"], "train.output_dir": ["runs/a", "fresh"],
+    "data.block_size": ["16", "32"], "data.validation": ["0.2", "0.5"],
+    "data.min_chars": ["1", "5"], "data.sources": ["[corpus]", "[corpus/a.txt]"],
+    "model.hidden_size": ["32", "64"], "model.num_heads": ["2", "1"],
+    "model.pad_vocab_to_multiple_of": ["8", "64"], "tokenizer.source": ["embedded:gpt2"],
+    "train.devices": ["1"], "nonsense.key": ["1"],
+}  # fmt: skip
 
 values = st.one_of(st.sampled_from(HOSTILE_VALUES), st.text(max_size=8))
 paths_in = st.sampled_from(INPUTS)
 paths_out = st.sampled_from(OUTPUTS)
-overrides = st.lists(
-    st.builds(lambda f, v: ["--set", f"{f}={v}"], st.sampled_from(RECIPE_FIELDS), values),
-    max_size=3,
-).map(lambda pairs: [a for pair in pairs for a in pair])
+
+
+@st.composite
+def override(draw: st.DrawFn) -> list[str]:
+    field = draw(st.sampled_from(sorted(GOOD_VALUES)))
+    value = draw(st.one_of(values, st.sampled_from(GOOD_VALUES[field])))
+    return ["--set", f"{field}={value}"]
+
+
+overrides = st.lists(override(), max_size=2).map(lambda pairs: [a for p in pairs for a in p])
 
 
 @st.composite
@@ -88,16 +105,18 @@ def invocations(draw: st.DrawFn) -> list[str]:
     if kind == "generate":
         argv = ["generate", "--model", "{tiny}", "--max-new-tokens", "4"]
         if draw(st.booleans()):
-            argv += ["--input", draw(paths_in)]
+            argv += ["--input", draw(st.one_of(paths_in, st.sampled_from(["q.txt", "q.jsonl"])))]
             if draw(st.booleans()):
                 argv += ["--output", draw(paths_out)]
+                argv += ["--overwrite"] if draw(st.booleans()) else []
         else:
             argv.append(draw(st.one_of(st.text(max_size=12), st.just("-"))))
         flag = draw(st.sampled_from(["--temperature", "--top-p", "--top-k", "--seed",
                                      "--num-beams", "-n", "--batch-size"]))  # fmt: skip
-        return [*argv, flag, draw(values)]
+        return [*argv, flag, draw(st.one_of(values, st.sampled_from(["1", "2", "0.5"])))]
     if kind == "eval":
-        argv = ["eval", "--preds", draw(paths_in), "--refs", draw(paths_in)]
+        preds = draw(st.one_of(paths_in, st.just("p.txt")))
+        argv = ["eval", "--preds", preds, "--refs", draw(st.one_of(paths_in, st.just("r.txt")))]
         if draw(st.booleans()):
             argv += ["--output-dir", draw(paths_out)]
         else:
@@ -106,14 +125,16 @@ def invocations(draw: st.DrawFn) -> list[str]:
             argv += ["--metrics", draw(st.sampled_from(["bleu", "bleu,rouge", "blue", ""]))]
         return argv + (["--overwrite"] if draw(st.booleans()) else [])
     if kind == "tokenizer":
-        return ["prep", "tokenizer", draw(paths_in), "--output", draw(paths_out),
+        return ["prep", "tokenizer", draw(st.one_of(paths_in, st.just("corpus"))), "--output",
+                draw(st.one_of(paths_out, st.just("tok"))),
                 "--vocab-size", draw(st.sampled_from(["300", "0", "-5", "abc"]))]  # fmt: skip
     if kind == "export":
         argv = ["export", draw(paths_in), "--output", draw(paths_out)]
         return argv + (["--overwrite"] if draw(st.booleans()) else [])
     if kind == "embed":
-        return ["embed", draw(paths_in), "--output", draw(paths_out),
+        argv = ["embed", draw(paths_in), "--output", draw(paths_out),
                 "--batch-size", draw(st.sampled_from(["4", "0", "-1"]))]  # fmt: skip
+        return argv + (["--overwrite"] if draw(st.booleans()) else [])
     argv = ["pretrain", TINY, "--max-steps", "1", "--set", "train.eval_every=null"]
     if draw(st.booleans()):
         argv += ["--output-dir", draw(paths_out)]
@@ -175,8 +196,9 @@ def check_invariant(argv: list[str], tiny: Path) -> None:
             assert len(starts) == 1 and lines[starts[0]].startswith("error: "), f"{argv}\n{err}"
             assert all(line.startswith("  - ") for line in lines[starts[0] + 1 :]), f"{argv}\n{err}"
         after = _snapshot(root)
+        consented = _overwritten_file(argv, root)
         for rel, digest in before.items():
-            if after.get(rel) != digest:
+            if after.get(rel) != digest and (root / rel).resolve() != consented:
                 assert _in_llmkit_folder(root, rel), f"{argv} changed or deleted {rel}"
         written = [root / rel for rel in after if rel not in before]
         for path in written:
@@ -188,6 +210,14 @@ def check_invariant(argv: list[str], tiny: Path) -> None:
     finally:
         os.chdir(old_cwd)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _overwritten_file(argv: list[str], root: Path) -> Path | None:
+    """The file a generate/embed command was told to replace (`--output F --overwrite`)."""
+    if argv[0] not in ("generate", "embed") or "--overwrite" not in argv:
+        return None
+    flag = "--output" if "--output" in argv else "-o"
+    return (root / argv[argv.index(flag) + 1]).resolve() if flag in argv else None
 
 
 def _no_constant(name: str) -> None:

@@ -23,7 +23,7 @@ def run_embed(req: EmbedRequest) -> None:
 
     if req.output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {req.output}: use a .npy or .jsonl file name")
-    check_output(req.output, [req.file])
+    check_output(req.output, [req.file], overwrite=req.overwrite)
     texts = read_texts(req.file, req.field, hint="pick one with --field").texts
     encoder, tokenizer, max_tokens = load_encoder(req.model)
     n_params = sum(p.numel() for p in encoder.parameters())

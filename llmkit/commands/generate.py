@@ -34,7 +34,7 @@ def run_generate(req: GenerateRequest) -> None:
     prompts, records = _collect_prompts(req)
     _check_modes(req, options)
     if req.output is not None:
-        check_output(req.output, [req.input, req.recipe])
+        check_output(req.output, [req.input, req.recipe], overwrite=req.overwrite)
         check_resumable(req.output, resume=req.resume)
     elif req.resume:
         raise UsageError("--resume continues an --input/--output job: give both")

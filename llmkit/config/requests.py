@@ -158,6 +158,7 @@ class GenerateRequest(DecodingConfig, Request):
     resume: bool = Field(
         False, description="Continue an interrupted --input/--output job after its last batch."
     )
+    overwrite: bool = Field(False, description="Replace an existing --output file.")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -188,6 +189,7 @@ class EmbedRequest(Request):
     model: str = Field("embedded:minilm", description="BERT-family encoder folder.")
     field: str | None = Field(None, description="JSONL field (default: text).")
     batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
+    overwrite: bool = Field(False, description="Replace an existing --output file.")
 
 
 # --- evaluation --------------------------------------------------------------------------------

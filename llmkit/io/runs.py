@@ -118,9 +118,9 @@ class RunDir:
             raise UsageError(f"output dir {self.path} is not writable: {e.strerror}") from e
 
     def start(self, recipe_yaml: str, *, resume: bool, overwrite: bool) -> None:
-        """`create` the folder and record the recipe (a resumed run keeps the one it was
-        trained with until it finishes: `--resume` with another model must be refused by
-        name)."""
+        """`create` the folder and record the recipe. A resumed run keeps the recipe it was
+        trained with until it finishes, so resuming with another model is refused by naming
+        the recipe that fits."""
         self.create(overwrite=overwrite and not resume)
         if not (resume and self.recipe_file.exists()):
             self.write_recipe(recipe_yaml)

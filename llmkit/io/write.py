@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from llmkit.errors import UsageError
+from llmkit.errors import Fix, UsageError
 
 MARKER = ".llmkit"  # {"kind": "run" | "export" | "eval"} in every folder llmkit makes
 
@@ -33,10 +33,17 @@ MARKER = ".llmkit"  # {"kind": "run" | "export" | "eval"} in every folder llmkit
 # --- before any work -----------------------------------------------------------------------------
 
 
-def check_output(path: Path, inputs: Iterable[Path | None] = (), *, folder: bool = False) -> None:
+def check_output(
+    path: Path,
+    inputs: Iterable[Path | None] = (),
+    *,
+    folder: bool = False,
+    overwrite: bool = True,
+) -> None:
     """Refuse, in one line and before any work, an output that cannot be written where
-    asked, is the wrong kind (a folder for a file, or the reverse), or is one of `inputs`
-    (the same path, or another name for the same file)."""
+    asked, is the wrong kind (a folder for a file, or the reverse), is one of `inputs` (the
+    same path, or another name for the same file), or (unless `overwrite`) is a file that
+    exists: a file carries no marker, so replacing one needs the user's word."""
     if path.exists() or path.is_symlink():
         if folder and not path.is_dir():
             raise UsageError(f"output {path} exists and is not a folder")
@@ -50,6 +57,8 @@ def check_output(path: Path, inputs: Iterable[Path | None] = (), *, folder: bool
                 f"output {path} is also an input ({source}): llmkit never overwrites its "
                 "inputs; write the output elsewhere"
             )
+    if not folder and not overwrite and path.exists():
+        raise UsageError(f"output {path} already exists", fix=Fix.OVERWRITE)
     _check_writable(path if folder and path.is_dir() else _nearest_folder(path.parent))
 
 
