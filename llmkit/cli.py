@@ -13,27 +13,28 @@ import inspect
 import sys
 import types
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import typer
 from typer.core import TyperGroup
 
-from llmkit.config.base import validate
-from llmkit.config.recipe import RecipeBase
-from llmkit.config.requests import (
-    EmbedRequest,
-    EvalRequest,
-    ExportRequest,
-    Flag,
-    GenerateRequest,
-    RecipeRequest,
-    Request,
-    TokenizerRequest,
-    TrainRequest,
-)
 from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
 
-R = TypeVar("R", bound=Request)
+if TYPE_CHECKING:
+    from llmkit.config.recipe import RecipeBase
+    from llmkit.config.requests import (
+        EmbedRequest,
+        EvalRequest,
+        ExportRequest,
+        Flag,
+        GenerateRequest,
+        RecipeRequest,
+        Request,
+        TokenizerRequest,
+        TrainRequest,
+    )
+
+R = TypeVar("R", bound="Request")
 RB = TypeVar("RB", bound="RecipeBase")
 
 # How the command line words the fix an error carries (llmkit.errors.Fix).
@@ -58,11 +59,17 @@ class _DefaultCommandGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+# Commands built only when invoked: name -> (their help, a builder of the click command).
+# Building one means building its request model (pydantic: ~0.25 s on these 2-core machines),
+# which the root listing, the command people run most, must not pay for.
+LAZY: dict[str, tuple[str, Callable[[], Any]]] = {}
+
+
 class _RootGroup(TyperGroup):
-    """`llmkit --help` is the command people run most; typer's rich formatter imports
-    rich.markdown and pygments to draw it (~0.2 s of the 0.35 s start-up on these 2-core
-    machines), so the root listing uses click's plain formatter with each command's first
-    sentence unshortened. Every command's own --help keeps rich panels."""
+    """`llmkit --help` is the command people run most, so it builds no command and imports
+    no pydantic (see LAZY); typer's rich formatter imports rich.markdown and pygments (~0.2 s),
+    so the listing uses click's plain formatter with each command's first sentence
+    unshortened. Every command's own --help keeps rich panels."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         super(TyperGroup, self).format_help(ctx, formatter)  # click's Group, not typer's rich
@@ -73,8 +80,17 @@ class _RootGroup(TyperGroup):
             ctx.exit(EXIT_USAGE)
         return super().parse_args(ctx, args)
 
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        return LAZY[name][1]() if name in LAZY else super().get_command(ctx, name)
+
     def format_commands(self, ctx: Any, formatter: Any) -> None:
+        from typer._click.utils import make_default_short_help
+
         rows = [(name, cmd.get_short_help_str(limit=200)) for name, cmd in self.commands.items()]
+        rows += [(name, make_default_short_help(doc, 200)) for name, (doc, _) in LAZY.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -88,33 +104,66 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Train, fine-tune, generate with and evaluate language models."""
+    # A callback keeps `llmkit` a group: with one eagerly registered command (recipes; the
+    # rest are LAZY) typer would otherwise run that command for every invocation.
+
+
 prep_app = typer.Typer(
     cls=_DefaultCommandGroup,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Read, clean, tokenize and pack a corpus (cached by content); or train a tokenizer.",
 )
-app.add_typer(prep_app, name="prep")
+PREP_COMMANDS: list[Callable[[], None]] = []  # registrations onto prep_app, run when built
+
+
+def _build_prep() -> Any:
+    while PREP_COMMANDS:
+        PREP_COMMANDS.pop(0)()
+    return typer.main.get_command(prep_app)
 
 
 def command(
-    group: typer.Typer, name: str, request: type[R], **settings: Any
+    group: typer.Typer, name: str, request: str, **settings: Any
 ) -> Callable[[Callable[[R], None]], Callable[[R], None]]:
-    """Register `fn(request)` as command `name`, its options built from the request model's
-    fields; the values are validated into the model, problems named by their flags."""
+    """Register `fn(request)` as command `name` of `group`, its options built (when the
+    command is invoked) from the fields of the request model named `request`
+    (llmkit.config.requests); values are validated into the model, problems named by flag."""
 
     def register(fn: Callable[[R], None]) -> Callable[[R], None]:
-        params = [
-            _parameter(field_name, field, _flag(request, field_name))
-            for field_name, field in request.model_fields.items()
-            if _flag(request, field_name).cli
-        ]
+        def add_to(target: typer.Typer) -> None:
+            from llmkit.config import requests
 
-        def run(**values: Any) -> None:
-            fn(parse(request, values))
+            model = getattr(requests, request)
+            params = [
+                _parameter(field_name, field, _flag(model, field_name))
+                for field_name, field in model.model_fields.items()
+                if _flag(model, field_name).cli
+            ]
 
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-        group.command(name, **settings)(run)
+            def run(**values: Any) -> None:
+                fn(parse(model, values))
+
+            run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+            run.__annotations__ = {p.name: p.annotation for p in params}
+            run.__name__, run.__doc__ = fn.__name__, fn.__doc__
+            target.command(name, **settings)(run)
+
+        if group is prep_app:
+            PREP_COMMANDS.append(lambda: add_to(prep_app))
+        else:
+
+            def build() -> Any:
+                single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+                add_to(single)
+                return typer.main.get_command(single)
+
+            LAZY[name] = (fn.__doc__ or "", build)
         return fn
 
     return register
@@ -122,10 +171,14 @@ def command(
 
 def parse(request: type[R], values: dict[str, Any]) -> R:
     """The request from option values, or a UsageError naming each bad value by its flag."""
+    from llmkit.config.base import validate
+
     return validate(request, values, name=lambda path: _flag_name(request, path))
 
 
 def _flag(request: type[Request], name: str) -> Flag:
+    from llmkit.config.requests import Flag
+
     return request.FLAGS.get(name, Flag())
 
 
@@ -177,7 +230,7 @@ def recipes_cmd() -> None:
         typer.echo(f"{name:<40} {summary}")
 
 
-@command(prep_app, "run", RecipeRequest, hidden=True)
+@command(prep_app, "run", "RecipeRequest", hidden=True)
 def prep_cmd(req: RecipeRequest) -> None:
     """Prepare a recipe's data: read, clean, tokenize, pack, cache."""
     from llmkit.config.pretrain import PretrainRecipe
@@ -189,7 +242,7 @@ def prep_cmd(req: RecipeRequest) -> None:
         run_prep(recipe)
 
 
-@command(prep_app, "tokenizer", TokenizerRequest)
+@command(prep_app, "tokenizer", "TokenizerRequest")
 def prep_tokenizer_cmd(req: TokenizerRequest) -> None:
     """Train a BPE, WordPiece or Unigram tokenizer and save it as a HF fast tokenizer."""
     from llmkit.commands.prep import run_tokenizer
@@ -197,7 +250,7 @@ def prep_tokenizer_cmd(req: TokenizerRequest) -> None:
     run_tokenizer(req)
 
 
-@command(app, "pretrain", TrainRequest, **TRAINING)
+@command(app, "pretrain", "TrainRequest", **TRAINING)
 def pretrain_cmd(req: TrainRequest) -> None:
     """Pretrain a causal (GPT/Llama) or masked (BERT) LM; default: small GPT on Shakespeare."""
     from llmkit.config.pretrain import PretrainRecipe
@@ -209,7 +262,7 @@ def pretrain_cmd(req: TrainRequest) -> None:
         run_pretrain(recipe, resume=req.resume, overwrite=req.overwrite)
 
 
-@command(app, "finetune", TrainRequest, **TRAINING)
+@command(app, "finetune", "TrainRequest", **TRAINING)
 def finetune_cmd(req: TrainRequest) -> None:
     """Fine-tune a model (LoRA or full): chat/instruction SFT, classification, text-to-text;
     default: LoRA on SmolLM2-135M-Instruct with chatterbot Q&A."""
@@ -234,53 +287,13 @@ def _load(schema: type[RB], req: RecipeRequest) -> RB | None:
 
 
 def _launched(devices: int) -> bool:
-    """`--devices N`: relaunch this same command on N processes with torchrun; True if this
-    process launched the workers (and they have finished).
+    """True if this process relaunched the command on `devices` processes (now finished)."""
+    from llmkit.launch import relaunch_if_needed
 
-    The parent has validated the recipe; the children see WORLD_SIZE and run normally. On CPU
-    the ranks talk over gloo and share the cores: each gets cores // N threads (torchrun would
-    default to 1). `accelerate launch -m llmkit pretrain ...` works too, for multi-node or
-    DeepSpeed/FSDP configs.
-    """
-    import os
-    import signal
-    import subprocess
-
-    from llmkit.io.interrupt import EXIT_CODES
-    from llmkit.train.arguments import in_distributed_run
-
-    if devices <= 1 or in_distributed_run():
-        return False
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    cmd += [f"--nproc_per_node={devices}", "-m", "llmkit", *sys.argv[1:]]
-    print(f"launching {devices} processes: {' '.join(cmd[2:])}", flush=True)
-    # torchrun runs in its own session, so a terminal's Ctrl-C reaches only us; we forward
-    # each signal exactly once, torchrun passes it to every worker, and the workers agree
-    # on a step, save and exit (see llmkit.train.interrupt).
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    received: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        if not received:
-            received.append(signum)
-            proc.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in EXIT_CODES}
-    try:
-        code = proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        sys.exit(EXIT_CODES[signal.Signals(received[0])])
-    if code:
-        sys.exit(code)
-    return True
+    return relaunch_if_needed(devices)
 
 
-@command(app, "export", ExportRequest)
+@command(app, "export", "ExportRequest")
 def export_cmd(req: ExportRequest) -> None:
     """Merge a LoRA adapter into its base model and save a plain Hugging Face folder."""
     from llmkit.commands.export import run_export
@@ -288,7 +301,7 @@ def export_cmd(req: ExportRequest) -> None:
     run_export(req)
 
 
-@command(app, "generate", GenerateRequest)
+@command(app, "generate", "GenerateRequest")
 def generate_cmd(req: GenerateRequest) -> None:
     """Generate text from a causal LM: one prompt, stdin, or a file of prompts (batched)."""
     from llmkit.commands.generate import run_generate
@@ -296,7 +309,7 @@ def generate_cmd(req: GenerateRequest) -> None:
     run_generate(req)
 
 
-@command(app, "embed", EmbedRequest)
+@command(app, "embed", "EmbedRequest")
 def embed_cmd(req: EmbedRequest) -> None:
     """Sentence embeddings: mean-pooled over tokens, L2-normalized (cosine = dot product)."""
     from llmkit.commands.embed import run_embed
@@ -304,13 +317,16 @@ def embed_cmd(req: EmbedRequest) -> None:
     run_embed(req)
 
 
-@command(app, "eval", EvalRequest)
+@command(app, "eval", "EvalRequest")
 def eval_cmd(req: EvalRequest) -> None:
     """Score predictions, generate then score, or measure perplexity; A/B with --model-b or
     --preds-b. With no options: the latest run (or SmolLM2) on embedded held-out data."""
     from llmkit.commands.eval import run_eval
 
     run_eval(req)
+
+
+LAZY["prep"] = (prep_app.info.help or "", _build_prep)  # listed last
 
 
 def main() -> None:
