@@ -101,7 +101,7 @@ def _generate_one(
         print(json.dumps(_json_record({"prompt": prompt}, completions, loaded, result)))
     elif not req.stream:
         _print_completions(completions)
-    note(_speed(result))
+    note(_speed(result.new_tokens, result.seconds))
 
 
 def _print_completions(completions: list[str]) -> None:
@@ -131,7 +131,7 @@ def _generate_file(
             loaded, prompts, records, options, req.output, _row, resume=req.resume, **kwargs
         )
         note(f"wrote {len(rows)} lines to {req.output}")
-    note(f"{_speed(GenerationResult([], new_tokens, seconds))}, batch size {req.batch_size}")
+    note(f"{_speed(new_tokens, seconds)}, batch size {req.batch_size}")
 
 
 def _row(record: dict[str, Any], completions: list[str]) -> dict[str, Any]:
@@ -151,6 +151,6 @@ def _json_record(
     }
 
 
-def _speed(result: GenerationResult) -> str:
-    rate = result.new_tokens / result.seconds if result.seconds > 0 else 0.0
-    return f"{result.new_tokens} new tokens in {result.seconds:.2f} s ({rate:.1f} tokens/s)"
+def _speed(new_tokens: int, seconds: float) -> str:
+    rate = new_tokens / seconds if seconds > 0 else 0.0
+    return f"{new_tokens} new tokens in {seconds:.2f} s ({rate:.1f} tokens/s)"
