@@ -44,9 +44,10 @@ def main() -> None:
     from llmkit.data.examples import chatterbot_rows
     from llmkit.inference.generate import generate_with_stats
     from llmkit.io.files import read_texts
-    from llmkit.models.load import load_causal_lm
+    from llmkit.models.card import PromptFormat
+    from llmkit.models.load import load_generator
 
-    loaded = load_causal_lm("embedded:smollm2")
+    loaded = load_generator("embedded:smollm2")
     model, tok = loaded.model, loaded.tokenizer
     options = DecodingConfig(max_new_tokens=a.new_tokens, do_sample=False)
 
@@ -79,7 +80,12 @@ def main() -> None:
 
     def batched() -> float:
         r = generate_with_stats(
-            loaded, prompts, file_options, batch_size=len(prompts), chat=True, progress=False
+            loaded,
+            prompts,
+            file_options,
+            batch_size=len(prompts),
+            prompt_format=PromptFormat(chat=True),
+            progress=False,
         )
         tokens["batched"] = r.new_tokens
         return r.seconds
@@ -89,7 +95,7 @@ def main() -> None:
         n = 0
         for q in prompts:
             n += generate_with_stats(
-                loaded, [q], file_options, chat=True, progress=False
+                loaded, [q], file_options, prompt_format=PromptFormat(chat=True), progress=False
             ).new_tokens
         tokens["one_by_one"] = n
         return time.perf_counter() - t0

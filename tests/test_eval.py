@@ -20,7 +20,7 @@ from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation import perplexity
 from llmkit.evaluation.score import default_model_ref
-from llmkit.models.load import load_causal_lm
+from llmkit.models.load import load_generator
 
 
 def answers(n: int) -> list[str]:
@@ -175,7 +175,7 @@ def test_perplexity_of_text_files_matches_the_metric_functions(
     )  # fmt: skip
 
     saved = read_metrics(tmp_path / "ppl")
-    loaded = load_causal_lm(str(tiny_gpt2_dir))
+    loaded = load_generator(str(tiny_gpt2_dir))
     file_texts = [p.read_text() for p in paths]
     sliding = perplexity.perplexity_sliding(
         loaded.model, loaded.tokenizer, file_texts, max_length=64, stride=32

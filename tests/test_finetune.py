@@ -363,7 +363,7 @@ def test_text2text_answers_every_validation_example_and_stops_at_a_newline(
     from llmkit.config.decoding import DecodingConfig
     from llmkit.data.finetune import build_data
     from llmkit.inference.generate import generate_answers, generate_texts
-    from llmkit.models.load import load_causal_lm
+    from llmkit.models.load import load_generator
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -371,7 +371,7 @@ def test_text2text_answers_every_validation_example_and_stops_at_a_newline(
     )
     r = _recipe(tiny_llama_dir, tmp_path / "o", task="text2text", **{"data.sources": f"[{pairs}]"})
     assert r.eval.generate_examples is None and r.eval.stop == ["\n"]
-    loaded = load_causal_lm(str(tiny_llama_dir))
+    loaded = load_generator(str(tiny_llama_dir))
     data = build_data(r, loaded.tokenizer)
     assert data.eval_pairs is not None and len(data.eval_pairs) == len(data.validation)
     prompts = [p for p, _ in data.eval_pairs[:4]]

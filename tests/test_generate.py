@@ -27,7 +27,10 @@ from llmkit.inference.generate import (
     length_sorted_batches,
     make_streamer,
 )
-from llmkit.models.load import LoadedModel, load_causal_lm
+from llmkit.models.card import PromptFormat
+from llmkit.models.load import LoadedModel, load_generator
+
+CHAT = PromptFormat(chat=True)
 
 
 def resolve_options(recipe: Path | str | None, flags: dict[str, Any]) -> DecodingConfig:
@@ -40,12 +43,12 @@ PROMPTS = ["The king said", "Hi", "A much longer prompt that goes on and on abou
 
 @pytest.fixture(scope="module")
 def tiny(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_causal_lm(str(tiny_gpt2_dir))
+    return load_generator(str(tiny_gpt2_dir))
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> LoadedModel:
-    return load_causal_lm("embedded:smollm2")
+    return load_generator("embedded:smollm2")
 
 
 def reference_greedy(loaded: LoadedModel, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -114,9 +117,9 @@ def test_lora_adapter_folder_generates_with_its_base(tmp_path: Path, tiny_gpt2_d
     lora = LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False)
     get_peft_model(base, lora).save_pretrained(str(tmp_path / "adapter"))
 
-    adapted = load_causal_lm(str(tmp_path / "adapter"))
+    adapted = load_generator(str(tmp_path / "adapter"))
     assert "LoRA adapter on" in adapted.description
-    plain = load_causal_lm(str(tiny_gpt2_dir))
+    plain = load_generator(str(tiny_gpt2_dir))
     ours = generate_texts(adapted, PROMPTS[:2], greedy(8), batch_size=2)
     assert [c[0] for c in ours] == reference_greedy(adapted, PROMPTS[:2], 8)
     assert ours != generate_texts(plain, PROMPTS[:2], greedy(8), batch_size=2)
@@ -166,10 +169,12 @@ def test_stream_prints_the_completion_but_not_the_stop_string(
 
 
 def test_chat_prompt_on_smollm2_answers(smollm2: LoadedModel) -> None:
-    [[answer]] = generate_texts(smollm2, ["What is the capital of France?"], greedy(20), chat=True)
+    [[answer]] = generate_texts(
+        smollm2, ["What is the capital of France?"], greedy(20), prompt_format=CHAT
+    )
     assert "Paris" in answer
     # The template adds SmolLM2's system turn and the assistant header: ~30 tokens, not 8.
-    [ids] = encode_prompts(smollm2.tokenizer, ["What is the capital of France?"], chat=True)
+    [ids] = encode_prompts(smollm2.tokenizer, ["What is the capital of France?"], CHAT)
     assert smollm2.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
 
 
@@ -314,7 +319,11 @@ def test_cli_bad_jsonl_exits_2_naming_each_line(tmp_path: Path) -> None:
         (["--input", "empty.txt"], "error: empty.txt is empty: it holds no texts"),
         (["hi", "--top-p", "0"], "error: --top-p: Input should be greater than 0 (got 0.0)"),
         (["hi", "--greedy", "-n", "2"], "num_return_sequences=2 needs sampling or num_beams >= 2"),
-        (["hi", "--system", "be brief"], "error: --system needs --chat"),
+        (["hi", "--system", "be brief", "--no-chat"], "error: --system is part of a chat"),
+        (
+            ["hi", "--template", "no placeholder"],
+            "error: --template: template 'no placeholder' must contain {source}",
+        ),
         ([], "error: give a PROMPT, '-' to read it from stdin, or --input FILE"),
     ],
 )

@@ -15,7 +15,7 @@ import pytest
 from llmkit import assets
 from llmkit.errors import UsageError
 from llmkit.evaluation import metrics, perplexity
-from llmkit.models.load import LoadedModel, load_causal_lm
+from llmkit.models.load import LoadedModel, load_generator
 
 
 def shakespeare_sentences(n: int) -> list[str]:
@@ -177,7 +177,7 @@ def test_mismatched_lengths_are_a_usage_error() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_gpt2_dir: Path) -> LoadedModel:
-    return load_causal_lm(str(tiny_gpt2_dir))
+    return load_generator(str(tiny_gpt2_dir))
 
 
 @pytest.fixture(scope="module")

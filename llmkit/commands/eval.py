@@ -37,6 +37,7 @@ from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON
 from llmkit.io.write import check_output, mark_owned, owner_kind
+from llmkit.models.card import prompt_format_for
 from llmkit.models.load import LoadedModel
 
 EMBEDDED_CHATTERBOT = "embedded:chatterbot"
@@ -118,9 +119,9 @@ def prepare_output_dir(req: EvalRequest) -> Path:
 
 
 def _load(ref: str) -> LoadedModel:
-    from llmkit.models.load import load_causal_lm
+    from llmkit.models.load import load_generator
 
-    loaded = load_causal_lm(ref)
+    loaded = load_generator(ref)
     note(f"model: {loaded.description}")
     return loaded
 
@@ -142,6 +143,18 @@ def _generate_and_score(
     out_dir: Path,
 ) -> tuple[SystemScores, LoadedModel]:
     loaded = _load(ref)
+    card = loaded.card
+    # The run's own prompt format and answer rules, so its scores here match the ones its
+    # training reported; without a card, the chat template when the model has one.
+    fmt = prompt_format_for(
+        card,
+        chat=req.chat,
+        template=req.template,
+        system=req.system,
+        default_chat=bool(getattr(loaded.tokenizer, "chat_template", None)),
+    )
+    if card is not None and card.max_new_tokens and req.max_new_tokens is None:
+        max_new_tokens = card.max_new_tokens
     mark_owned(out_dir, EVAL)  # answers are written there as they come
     system = score.generate_and_score(
         label,
@@ -151,8 +164,8 @@ def _generate_and_score(
         names,
         max_new_tokens=max_new_tokens,
         batch_size=req.batch_size,
-        chat=req.chat,
-        system_prompt=req.system,
+        prompt_format=fmt,
+        answer_stops=card.stop if card is not None else None,
         predictions=out_dir / PREDICTIONS[label],
         resume=req.resume,
     )

@@ -19,6 +19,7 @@ EXPORT = "export"  # the marker kind of an export folder
 
 
 def run_export(req: ExportRequest) -> Path:
+    from llmkit.models.card import read_card, write_card
     from llmkit.models.load import load_tokenizer
     from llmkit.models.lora import merge_adapter
 
@@ -36,12 +37,15 @@ def run_export(req: ExportRequest) -> Path:
         check_replaceable(out, EXPORT)  # only an earlier export, never the run or user files
     model = merge_adapter(run, adapter)
     tokenizer = load_tokenizer(str(run))
+    card = read_card(run)  # the merged model is prompted as the run was
 
     def save(folder: Path) -> None:
         model.save_pretrained(folder)  # safetensors by default
         tokenizer.save_pretrained(folder)
         if getattr(model, "generation_config", None) is not None and model.can_generate():
             model.generation_config.save_pretrained(folder)
+        if card is not None:
+            write_card(folder, card)
 
     if out.exists() and not any(out.iterdir()):
         out.rmdir()  # an empty folder the user made for it

@@ -172,12 +172,16 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     model, recipe, run = job.trainer.model, job.recipe, job.run
     if hasattr(model, "config"):
         model.config.use_cache = True  # off while training (see llmkit.data.collate.pack_batch)
+    from llmkit.data.finetune import task_card
+    from llmkit.models.card import write_card
     from llmkit.train.checkpoints import save_final_model
 
     save_final_model(job.trainer, run, generation_config=recipe.task != "classification")
     if not job.main:
         return
     run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    write_card(run.path, task_card(recipe, job.data.labels, seq2seq=seq2seq))
     run.write_metrics(metrics)
     run.mark_latest()
     print(

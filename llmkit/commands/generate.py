@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from llmkit.config.decoding import DecodingConfig, layered
@@ -23,12 +24,13 @@ from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.io.console import note
 from llmkit.io.files import read_texts
 from llmkit.io.write import check_output
+from llmkit.models.card import RAW, PromptFormat, prompt_format_for
 from llmkit.models.load import LoadedModel
 
 
 def run_generate(req: GenerateRequest) -> None:
     """Validate everything cheap first, then load the model once and generate."""
-    from llmkit.models.load import DEFAULT_CAUSAL_LM, load_causal_lm
+    from llmkit.models.load import DEFAULT_CAUSAL_LM, load_generator
 
     options = layered(req.recipe, req.decoding())
     prompts, records = _collect_prompts(req)
@@ -38,12 +40,34 @@ def run_generate(req: GenerateRequest) -> None:
         check_resumable(req.output, resume=req.resume)
     elif req.resume:
         raise UsageError("--resume continues an --input/--output job: give both")
-    loaded = load_causal_lm(req.model or DEFAULT_CAUSAL_LM, trust_remote_code=req.trust_remote_code)
+    loaded = load_generator(req.model or DEFAULT_CAUSAL_LM, trust_remote_code=req.trust_remote_code)
     note(f"model: {loaded.description}")
+    fmt = prompt_format_for(loaded.card, chat=req.chat, template=req.template, system=req.system)
+    job = Job(loaded, fmt, _answer_stops(loaded, options))
+    if loaded.card is not None or fmt != RAW:
+        own = loaded.card is not None and fmt == loaded.card.prompt
+        note(f"prompt format: {fmt.describe()}{' (as the run was trained)' if own else ''}")
     if req.input is None:
-        _generate_one(loaded, prompts[0], options, req)
+        _generate_one(job, prompts[0], options, req)
     else:
-        _generate_file(loaded, prompts, records, options, req)
+        _generate_file(job, prompts, records, options, req)
+
+
+@dataclass(frozen=True)
+class Job:
+    loaded: LoadedModel
+    fmt: PromptFormat
+    answer_stops: list[str] | None  # a text2text run's answers end at these once begun
+
+
+def _answer_stops(loaded: LoadedModel, options: DecodingConfig) -> list[str] | None:
+    """A text2text run answers one line and then rambles (it was trained to end at EOS but
+    stops there rarely after few steps): stop it as its training evaluation did, unless the
+    user gave their own --stop."""
+    card = loaded.card
+    if card is None or not card.stop or options.stop is not None:
+        return None
+    return card.stop
 
 
 def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, Any]]]:
@@ -73,8 +97,8 @@ def _stdin() -> str:
 
 def _check_modes(req: GenerateRequest, options: DecodingConfig) -> None:
     """Flag clashes found before the model loads (seconds) rather than after."""
-    if req.system is not None and not req.chat:
-        raise UsageError("--system needs --chat (a system prompt is part of a chat template)")
+    if req.system is not None and req.chat is False:
+        raise UsageError("--system is part of a chat template: drop --no-chat or --system")
     if not req.stream:
         return
     if req.input is not None or req.json_:
@@ -83,16 +107,16 @@ def _check_modes(req: GenerateRequest, options: DecodingConfig) -> None:
         raise UsageError("--stream needs one sequence: drop --num-beams/--num-return-sequences")
 
 
-def _generate_one(
-    loaded: LoadedModel, prompt: str, options: DecodingConfig, req: GenerateRequest
-) -> None:
-    streamer = make_streamer(loaded.tokenizer, options.stop or []) if req.stream else None
+def _generate_one(job: Job, prompt: str, options: DecodingConfig, req: GenerateRequest) -> None:
+    loaded = job.loaded
+    stops = options.stop or job.answer_stops or []
+    streamer = make_streamer(loaded.tokenizer, stops) if req.stream else None
     result = generate_with_stats(
         loaded,
         [prompt],
         options,
-        chat=req.chat,
-        system=req.system,
+        prompt_format=job.fmt,
+        answer_stops=job.answer_stops,
         progress=False,
         streamer=streamer,
     )
@@ -114,13 +138,18 @@ def _print_completions(completions: list[str]) -> None:
 
 
 def _generate_file(
-    loaded: LoadedModel,
+    job: Job,
     prompts: list[str],
     records: list[dict[str, Any]],
     options: DecodingConfig,
     req: GenerateRequest,
 ) -> None:
-    kwargs: dict[str, Any] = {"batch_size": req.batch_size, "chat": req.chat, "system": req.system}
+    loaded = job.loaded
+    kwargs: dict[str, Any] = {
+        "batch_size": req.batch_size,
+        "prompt_format": job.fmt,
+        "answer_stops": job.answer_stops,
+    }
     if req.output is None:  # stdout, in input order
         result = generate_with_stats(loaded, prompts, options, **kwargs)
         for record, c in zip(records, result.completions, strict=True):

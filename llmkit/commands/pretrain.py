@@ -121,6 +121,7 @@ def train(job: PretrainJob) -> dict[str, Any]:
 
 def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     """The final model (safetensors + tokenizer) at the run root, metrics.json, LATEST."""
+    from llmkit.models.card import TaskCard, write_card
     from llmkit.train.checkpoints import save_final_model
 
     run, causal = job.run, job.recipe.task == "causal_lm"
@@ -128,6 +129,7 @@ def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     if not job.main:
         return
     run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
+    write_card(run.path, TaskCard(job.recipe.task, "causal" if causal else "masked"))
     run.write_metrics(metrics)
     run.mark_latest()
     if "eval_perplexity_before" in metrics:

@@ -78,15 +78,13 @@ class FinetuneDataConfig(Section):
 
     @model_validator(mode="after")
     def _check_template(self) -> FinetuneDataConfig:
-        # Rendered with str.format: any other {name} or a lone brace fails on the first row.
+        from llmkit.errors import UsageError
+        from llmkit.models.card import check_template
+
         try:
-            rendered = self.template.format(source="\0")
-        except (KeyError, IndexError, ValueError):
-            raise ValueError(
-                "template: {source} is the only placeholder; write {{ and }} for literal braces"
-            ) from None
-        if "\0" not in rendered:
-            raise ValueError("template: must contain {source}")
+            check_template(self.template)  # rendered with str.format on every row
+        except UsageError as e:
+            raise ValueError(f"template: {e.message}") from None
         return self
 
 

@@ -35,6 +35,26 @@ def flag(*decls: str, panel: str | None = None) -> Flag:
 ARGUMENT = Flag(argument=True)
 
 
+def shell_escapes(text: str) -> str:
+    """`--stop '\\n'` arrives as backslash + n from a shell; users mean a newline."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def checked_template(value: str | None) -> str | None:
+    """A prompt template, unescaped and checked before any model loads."""
+    from llmkit.errors import UsageError
+    from llmkit.models.card import check_template
+
+    if value is None:
+        return None
+    value = shell_escapes(value)
+    try:
+        check_template(value)
+    except UsageError as e:  # pydantic reports ValueErrors with the field's name
+        raise ValueError(e.message) from None
+    return value
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -130,6 +150,7 @@ class GenerateRequest(DecodingConfig, Request):
         "input": flag("--input", "-i"),
         "output": flag("--output", "-o"),
         "json_": flag("--json"),
+        "chat": flag("--chat/--no-chat"),
         **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
         "do_sample": flag("--sample/--greedy", panel=DECODING),
         "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
@@ -147,8 +168,15 @@ class GenerateRequest(DecodingConfig, Request):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you trust it."
     )
-    chat: bool = Field(False, description="Wrap the prompt in the chat template.")
-    system: str | None = Field(None, description="System prompt (with --chat).")
+    chat: bool | None = Field(
+        None,
+        description="Wrap the prompt in the chat template (default: as the run was trained; "
+        "other models: no).",
+    )
+    template: str | None = Field(
+        None, description="Prompt template with {source} (default: the run's own, if any)."
+    )
+    system: str | None = Field(None, description="System prompt (implies --chat).")
     stream: bool = Field(False, description="Print tokens as they are generated.")
     input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
     output: Path | None = Field(None, description="JSONL results (default: stdout).")
@@ -163,11 +191,15 @@ class GenerateRequest(DecodingConfig, Request):
     @field_validator("stop", mode="before")
     @classmethod
     def _unescape(cls, value: Any) -> Any:
-        """`--stop '\\n'` arrives as backslash + n from a shell; users mean a newline."""
         stops = [value] if isinstance(value, str) else value
         if not isinstance(stops, list):
             return value
-        return [s.replace("\\n", "\n").replace("\\t", "\t") for s in stops]
+        return [shell_escapes(s) if isinstance(s, str) else s for s in stops]
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return checked_template(value)
 
     def decoding(self) -> DecodingConfig:
         """The decoding options that were set."""
@@ -209,6 +241,7 @@ class EvalRequest(Request):
         },
         "batch_size": flag(panel=EVAL_GENERATION),
         "chat": flag("--chat/--no-chat", panel=EVAL_GENERATION),
+        "template": flag(panel=EVAL_GENERATION),
         "system": flag(panel=EVAL_GENERATION),
         "max_length": flag(panel=EVAL_PERPLEXITY),
         "stride": flag(panel=EVAL_PERPLEXITY),
@@ -260,9 +293,16 @@ class EvalRequest(Request):
     # The answers are identical at any batch size (greedy, checked at 8, 32 and 64).
     batch_size: int = Field(32, ge=1, description="Prompts per generate call.")
     chat: bool | None = Field(
-        None, description="Wrap inputs in the chat template (default: if the model has one)."
+        None,
+        description="Wrap inputs in the chat template (default: as the run was trained; "
+        "other models: if they have one).",
     )
-    system: str | None = Field(None, description="System prompt (chat).")
+    template: str | None = Field(
+        None,
+        description="Prompt template with {source}, e.g. 'Translate: {source}\\n' "
+        "(default: the run's own).",
+    )
+    system: str | None = Field(None, description="System prompt (implies --chat).")
     max_length: int | None = Field(
         None, ge=2, description="Window in tokens (default: context, at most 1024; suite 512)."
     )
@@ -282,6 +322,11 @@ class EvalRequest(Request):
         "last finished batch of answers.",
     )
     runs_root: Path = Field(Path("runs"), description="Where runs (and runs/eval) live.")
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return checked_template(value)
 
     @field_validator("metrics")
     @classmethod

@@ -12,6 +12,7 @@ from llmkit.config.finetune import FinetuneRecipe
 from llmkit.data import examples
 from llmkit.data.collate import Examples, SftCollator
 from llmkit.errors import UsageError
+from llmkit.models.card import PromptFormat, TaskCard
 
 
 @dataclass
@@ -56,6 +57,29 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
         sample_shown=_shown_prompt(val_rows[0], recipe, prompt),
         eval_pairs=eval_pairs,
     )
+
+
+def task_card(recipe: FinetuneRecipe, labels: list[str] | None, *, seq2seq: bool) -> TaskCard:
+    """How the fine-tuned model is to be prompted: what `generate`, `eval` and `classify`
+    apply to it by default (llmkit.models.card)."""
+    d = recipe.data
+    if recipe.task == "classification":
+        return TaskCard("classification", "classifier", labels=labels)
+    if recipe.task == "text2text":
+        return TaskCard(
+            "text2text",
+            "seq2seq" if seq2seq else "causal",
+            PromptFormat(template=d.template),
+            max_new_tokens=recipe.eval.max_new_tokens,
+            stop=list(recipe.eval.stop) or None,
+        )
+    if d.format == "chat":
+        return TaskCard("sft", "causal", PromptFormat(chat=True, system=d.system))
+    if d.format == "alpaca":
+        # What a user types is the instruction (rows without an input get this prompt).
+        template = examples.ALPACA_NO_INPUT.replace("{instruction}", "{source}")
+        return TaskCard("sft", "causal", PromptFormat(template=template))
+    return TaskCard("sft", "causal")  # text / prompt_completion: the prompt as it is
 
 
 def _first_trained(segments: list[tuple[str, bool]]) -> int:

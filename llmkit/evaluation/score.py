@@ -6,7 +6,6 @@ Every function returns or fills a `SystemScores` (llmkit.evaluation.report).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from llmkit.errors import UsageError
 from llmkit.evaluation import metrics, perplexity
 from llmkit.evaluation.report import SystemScores
 from llmkit.io.runs import RunDir, latest_run
+from llmkit.models.card import PromptFormat, model_kind
 from llmkit.models.load import DEFAULT_CAUSAL_LM, LoadedModel
 
 # The default suite must finish in a minute or two on 2 CPU cores with SmolLM2-135M:
@@ -60,20 +60,20 @@ def generate_and_score(
     *,
     max_new_tokens: int,
     batch_size: int,
-    chat: bool | None,
-    system_prompt: str | None,
+    prompt_format: PromptFormat,
+    answer_stops: list[str] | None,
     predictions: Path,
     resume: bool = False,
 ) -> SystemScores:
-    """Greedy answers to `sources` (through the chat template when the model has one, unless
-    `chat` says otherwise), scored against `targets`. The answers are written to
-    `predictions` (JSONL) as they are generated, resumably (llmkit.inference.resumable)."""
+    """Greedy answers to `sources`, rendered by `prompt_format` (the run's own, unless the
+    user said otherwise), scored against `targets`. The answers are written to `predictions`
+    (JSONL) as they are generated, resumably (llmkit.inference.resumable)."""
     from llmkit.inference.resumable import generate_to_jsonl
     from llmkit.io.console import note
 
-    use_chat = _use_chat(loaded, chat)
     options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
-    note(f"[{label}] generating {len(sources)} answers ({'chat template' if use_chat else 'raw'})")
+    stops = f", answers end at {answer_stops!r} once begun" if answer_stops else ""
+    note(f"[{label}] generating {len(sources)} answers ({prompt_format.describe()}{stops})")
     records: list[dict[str, Any]] = [
         {"index": i, "source": s, "reference": t}
         for i, (s, t) in enumerate(zip(sources, targets, strict=True))
@@ -87,40 +87,27 @@ def generate_and_score(
         lambda record, completions: {**record, "prediction": completions[0].strip()},
         batch_size=batch_size,
         resume=resume,
-        chat=use_chat,
-        system=system_prompt,
+        prompt_format=prompt_format,
+        answer_stops=answer_stops,
     )
     preds = [str(r["prediction"]) for r in rows]
     system = score_texts(label, loaded.description, preds, targets, names)
-    system.details.update(chat_template=use_chat, generation_seconds=round(seconds, 2))
+    system.details.update(
+        prompt_format=prompt_format.describe(),
+        chat_template=prompt_format.chat,
+        generation_seconds=round(seconds, 2),
+    )
     system.predictions = rows
     return system
-
-
-def _use_chat(loaded: LoadedModel, chat: bool | None) -> bool:
-    has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
-    if chat and not has_template:
-        raise UsageError(f"{loaded.description} has no chat template")
-    return has_template if chat is None else chat
 
 
 def default_model_ref(runs_root: Path) -> str:
     """The newest finished run if it holds a causal LM (full model or LoRA adapter), else the
     embedded SmolLM2."""
     run = latest_run(runs_root)
-    if run is not None and _is_causal_lm_folder(run.path):
+    if run is not None and model_kind(run.path) == "causal":
         return str(run.path)
     return DEFAULT_CAUSAL_LM
-
-
-def _is_causal_lm_folder(path: Path) -> bool:
-    config, adapter = path / "config.json", path / "adapter_config.json"
-    if adapter.exists():
-        return json.loads(adapter.read_text()).get("task_type") == "CAUSAL_LM"
-    if config.exists():
-        archs = json.loads(config.read_text()).get("architectures") or []
-        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-    return False
 
 
 # --- perplexity --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 from llmkit.config.decoding import SAMPLING_FIELDS, DecodingConfig
 from llmkit.errors import UsageError
 from llmkit.io.console import ProgressBar
+from llmkit.models.card import RAW, PromptFormat
 from llmkit.models.load import LoadedModel
 
 # When neither the model's generation_config nor the user names a length, transformers stops
@@ -94,18 +95,16 @@ def pad_token_id(tokenizer: Any) -> int:
 # --- prompts -> token ids -> batches ----------------------------------------------------------
 
 
-def encode_prompts(
-    tokenizer: Any, prompts: list[str], *, chat: bool = False, system: str | None = None
-) -> list[list[int]]:
-    """Token ids per prompt, unpadded. With `chat`, each prompt becomes a user turn."""
-    if system is not None and not chat:
-        raise UsageError("a system prompt is part of a chat template: it needs chat=True")
-    if chat:
-        texts = [_chat_text(tokenizer, p, system) for p in prompts]
+def encode_prompts(tokenizer: Any, prompts: list[str], fmt: PromptFormat = RAW) -> list[list[int]]:
+    """Token ids per prompt, unpadded, rendered by `fmt`: through its text template, then
+    (with chat) as the user turn of the chat template."""
+    texts = [fmt.apply_template(p) for p in prompts]
+    if fmt.chat:
+        texts = [_chat_text(tokenizer, t, fmt.system) for t in texts]
         # The template already holds BOS and role markers: adding special tokens would double them.
         ids: list[list[int]] = tokenizer(texts, add_special_tokens=False)["input_ids"]
     else:
-        ids = tokenizer(prompts)["input_ids"]
+        ids = tokenizer(texts)["input_ids"]
     empty = [i + 1 for i, row in enumerate(ids) if not row]
     if empty:
         raise UsageError(f"prompt {empty[0]} is empty: there is nothing to continue")
@@ -201,8 +200,7 @@ def generate_batches(
     options: DecodingConfig,
     *,
     batch_size: int = 8,
-    chat: bool = False,
-    system: str | None = None,
+    prompt_format: PromptFormat = RAW,
     done: Collection[int] = (),
     progress: bool = True,
     streamer: Any = None,
@@ -219,8 +217,9 @@ def generate_batches(
     import torch
 
     config = generation_config_for(loaded, options)
-    ids = encode_prompts(loaded.tokenizer, prompts, chat=chat, system=system)
-    check_context(loaded.model, ids, config.max_new_tokens)
+    ids = encode_prompts(loaded.tokenizer, prompts, prompt_format)
+    if not loaded.is_encoder_decoder:  # an encoder's input does not share the answer's positions
+        check_context(loaded.model, ids, config.max_new_tokens)
     batches = length_sorted_batches([len(r) for r in ids], batch_size)
     finished = set(done)
     bar = ProgressBar("generating", len(prompts), enabled=progress and len(batches) > 1)
@@ -256,7 +255,8 @@ def _generate_batch(
     if answer_stops:
         from transformers import StoppingCriteriaList
 
-        criteria = StoppingCriteriaList([_AnswerStop(tokenizer, answer_stops, input_ids.shape[1])])
+        start = 1 if loaded.is_encoder_decoder else input_ids.shape[1]
+        criteria = StoppingCriteriaList([_AnswerStop(tokenizer, answer_stops, start)])
     try:
         out = model.generate(
             input_ids=input_ids.to(device),
@@ -269,7 +269,9 @@ def _generate_batch(
         )
     except ValueError as e:  # generate's own checks of an option combination
         raise UsageError(f"decoding options: {str(e).strip().splitlines()[0]}") from None
-    new = out[:, input_ids.shape[1] :]
+    # A decoder-only model returns prompt + answer; an encoder-decoder only the decoder's
+    # tokens, which begin with its start token (T5: the pad id, dropped when counting).
+    new = out[:, 1:] if loaded.is_encoder_decoder else out[:, input_ids.shape[1] :]
     n_tokens = int((new != config.pad_token_id).sum())
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     if answer_stops:

@@ -26,6 +26,7 @@ from llmkit.errors import Fix, UsageError
 from llmkit.inference.generate import generate_batches
 from llmkit.io.interrupt import StopFlag
 from llmkit.io.write import write_jsonl
+from llmkit.models.card import RAW, PromptFormat
 from llmkit.models.load import LoadedModel
 
 Row = dict[str, Any]
@@ -51,8 +52,8 @@ def generate_to_jsonl(
     *,
     batch_size: int,
     resume: bool,
-    chat: bool = False,
-    system: str | None = None,
+    prompt_format: PromptFormat = RAW,
+    answer_stops: list[str] | None = None,
 ) -> tuple[list[Row], int, float]:
     """Write `row(record, completions)` for every prompt to `output` (JSONL, input order),
     resumably. Returns (every row in input order, new tokens generated now, seconds now)."""
@@ -70,8 +71,8 @@ def generate_to_jsonl(
             prompts,
             options,
             batch_size=batch_size,
-            chat=chat,
-            system=system,
+            prompt_format=prompt_format,
+            answer_stops=answer_stops,
             done=finished.keys(),
         ):
             done = {i: row(records[i], c) for i, c in zip(indices, completions, strict=True)}

@@ -22,6 +22,7 @@ from llmkit.io.files import read_json_object
 
 if TYPE_CHECKING:
     from llmkit.config.finetune import FinetuneRecipe
+    from llmkit.models.card import ModelKind, TaskCard
 
 DEFAULT_CAUSAL_LM = "embedded:smollm2"
 DEFAULT_ENCODER = "embedded:minilm"
@@ -111,27 +112,57 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     description: str  # what the CLI prints: "runs/x (GPT2LMHeadModel, 4.2M params)"
+    card: TaskCard | None = None  # how the run was trained to be prompted (llmkit.models.card)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
 
 
-def load_causal_lm(
-    ref: str, *, dtype: str = "auto", trust_remote_code: bool = False, device: str | None = None
+def folder_kind(ref: str) -> ModelKind | None:
+    """The kind of model `ref` names, read from its files (no weights loaded); None for a hub
+    name."""
+    from llmkit.models.card import model_kind
+
+    path = resolve_ref(ref)
+    kind = model_kind(path)
+    base = adapter_base(path)
+    if kind is None and base is not None:
+        kind = model_kind(resolve_ref(base))
+    return kind
+
+
+def load_generator(
+    ref: str,
+    *,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    use: str = "generation",
 ) -> LoadedModel:
-    """Load a causal LM (and its tokenizer) for inference, merging nothing.
-
-    A LoRA adapter folder is loaded onto its base model with peft.
+    """Load a model that generates text (a causal LM, or an encoder-decoder such as T5) and
+    its tokenizer for inference, merging nothing; other kinds are refused in one line naming
+    the command that fits them. A LoRA adapter folder is loaded onto its base model with
+    peft, and the folder's task card (how it was trained to be prompted) comes along.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
+
+    from llmkit.models.card import read_card, require_kind
 
     # The "Loading weights" bar would bury the one line that says which model answers.
     hf_logging.disable_progress_bar()
     if trust_remote_code:
         print(f"warning: trust_remote_code is on: code shipped with {ref} will run")
     path = resolve_ref(ref)
+    kind = folder_kind(ref)
+    require_kind(ref, kind, ("causal", "seq2seq"), use)
+    card = read_card(path) if Path(path).is_dir() else None
     base = adapter_base(path)
     dtype_ = torch_dtype(dtype)
+    auto: Any = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     with loading("model", ref):
-        model: Any = AutoModelForCausalLM.from_pretrained(
+        model: Any = auto.from_pretrained(
             (base and resolve_ref(base)) or path,
             dtype=dtype_,
             trust_remote_code=trust_remote_code,
@@ -146,9 +177,9 @@ def load_causal_lm(
     model.eval()
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     n = sum(p.numel() for p in model.parameters())
-    kind = type(model.get_base_model() if base else model).__name__
-    desc = f"{ref} ({kind}, {n / 1e6:.1f}M params{', LoRA adapter on ' + base if base else ''})"
-    return LoadedModel(model=model, tokenizer=tokenizer, description=desc)
+    cls = type(model.get_base_model() if base else model).__name__
+    desc = f"{ref} ({cls}, {n / 1e6:.1f}M params{', LoRA adapter on ' + base if base else ''})"
+    return LoadedModel(model=model, tokenizer=tokenizer, description=desc, card=card)
 
 
 def torch_dtype(name: str) -> Any:

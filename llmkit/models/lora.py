@@ -96,7 +96,11 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
     """Base model + adapter, merged, in fp32 (merging in low precision rounds the update)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     base_ref = str(adapter.get("base_model_name_or_path") or "")
     if not base_ref:
@@ -115,6 +119,8 @@ def merge_adapter(run: Path, adapter: dict[str, Any]) -> Any:
             "label2id": head.get("label2id"),
         }
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    elif task == "SEQ_2_SEQ_LM":
+        auto = AutoModelForSeq2SeqLM
     else:
         auto = AutoModelForCausalLM
     with loading("base model", base_ref):
