@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         ExportRequest,
         Flag,
         GenerateRequest,
+        PlotRequest,
         RecipeRequest,
         Request,
         TokenizerRequest,
@@ -324,6 +325,15 @@ def eval_cmd(req: EvalRequest) -> None:
     from llmkit.commands.eval import run_eval
 
     run_eval(req)
+
+
+@command(app, "plot", "PlotRequest")
+def plot_cmd(req: PlotRequest) -> None:
+    """Draw runs' loss, perplexity, learning rate and task metrics against steps (or tokens)
+    as one PNG; several runs are overlaid."""
+    from llmkit.commands.plot import run_plot
+
+    run_plot(req)
 
 
 LAZY["prep"] = (prep_app.info.help or "", _build_prep)  # listed last

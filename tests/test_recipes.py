@@ -30,7 +30,17 @@ def test_recipes_command_lists_every_shipped_recipe() -> None:
 def test_bare_llmkit_lists_every_command_with_its_whole_summary() -> None:
     out = run_cli(cwd=REPO)
     assert out.returncode == 2  # click's convention for a group run without a command
-    commands = ["recipes", "pretrain", "finetune", "export", "generate", "embed", "eval", "prep"]
+    commands = [
+        "recipes",
+        "pretrain",
+        "finetune",
+        "export",
+        "generate",
+        "embed",
+        "eval",
+        "plot",
+        "prep",
+    ]
     listing = out.stdout.split("Commands:")[1]
     assert re.findall(r"^  (\w+)", listing, flags=re.MULTILINE) == commands
     assert "default: small GPT on Shakespeare." in " ".join(listing.split())  # not cut to "..."

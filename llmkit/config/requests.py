@@ -349,3 +349,23 @@ class EvalRequest(Request):
                 f"got {self.stride}"
             )
         return self
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+class PlotRequest(Request):
+    """`llmkit plot`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {"runs": ARGUMENT, "output": flag("--output", "-o")}
+
+    runs: list[Path] = Field(
+        min_length=1, description="Run folders (with metrics.jsonl); several are overlaid."
+    )
+    x: Literal["steps", "tokens"] = Field(
+        "steps", description="X axis: optimizer steps, or tokens seen."
+    )
+    output: Path | None = Field(
+        None, description="PNG file (default: plots.png in the first run's folder)."
+    )
+    overwrite: bool = Field(False, description="Replace an existing output file.")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 
 
@@ -51,7 +52,7 @@ class ProgressLines(ProgressCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        enrich(logs, self._tokens_per_second(logs, state))
+        enrich(logs, self._tokens_per_second(logs, state), show_ppl=self.show_ppl)
         line = format_log(logs, state, self._t0, show_ppl=self.show_ppl)
         # The evaluation before training (max_steps still 0) gets the command's own summary
         # line ("validation perplexity before training: ..."); "step 0/0" would repeat it.
@@ -72,12 +73,13 @@ class ProgressLines(ProgressCallback):
         return rate
 
 
-def enrich(logs: dict[str, Any], rate: float | None) -> None:
+def enrich(logs: dict[str, Any], rate: float | None, *, show_ppl: bool = True) -> None:
     """Add what people read off a log (perplexity, tokens/s) to the dict every later
-    callback sees: the JSONL writer and TensorBoard log the same numbers we print."""
-    if "loss" in logs:
+    callback sees: the JSONL writer and TensorBoard log the same numbers we print.
+    `show_ppl=False` for classifiers: exp(class cross-entropy) is no perplexity."""
+    if show_ppl and "loss" in logs:
         logs["perplexity"] = perplexity(float(logs["loss"]))
-    if "eval_loss" in logs:
+    if show_ppl and "eval_loss" in logs:
         logs["eval_perplexity"] = perplexity(float(logs["eval_loss"]))
     if rate is not None:
         logs["tokens_per_second"] = round(rate, 1)
@@ -135,3 +137,18 @@ class MetricsJsonl(TrainerCallback):
         record["tokens_seen"] = state.num_input_tokens_seen
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class RunTensorBoard(TensorBoardCallback):
+    """TensorBoard events in one folder per run, `<run>/tensorboard`.
+
+    transformers' callback closes its writer when training ends, and the evaluation after
+    training (every llmkit run does one) opened a new writer in its default folder,
+    `<run>/runs/<date>_<host>`: two event folders per run, which TensorBoard lists as two runs.
+    With the folder pinned, a reopened writer adds a second event file to the same folder,
+    which TensorBoard reads as one run. Registered after `ProgressLines`, so its scalars
+    include perplexity (train/perplexity, eval/perplexity) and tokens/s."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.logging_dir = str(log_dir)  # beats the TENSORBOARD_LOGGING_DIR variable too

@@ -15,7 +15,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from llmkit.config.recipe import TrainConfig
 from llmkit.errors import UsageError
 from llmkit.io.runs import RunDir
-from llmkit.train.callbacks import MetricsJsonl, ProgressLines
+from llmkit.train.callbacks import MetricsJsonl, ProgressLines, RunTensorBoard
 from llmkit.train.checkpoints import (
     AtomicCheckpointsMixin,
     FiniteTrainingMixin,
@@ -46,11 +46,6 @@ def build_trainer(
     extra = list(callbacks or [])
     if patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=patience))
-    if train.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        extra.append(TensorBoardCallback(SummaryWriter(log_dir=str(run.path / "tensorboard"))))
     # Causal LMs on CPU get the chunked cross-entropy: a third faster per step, same numbers.
     use_chunked_loss(model)
     # Every llmkit trainer stops on a non-finite loss and writes checkpoints atomically
@@ -72,6 +67,8 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(ProgressLines(show_ppl=show_ppl))
     trainer.add_callback(MetricsJsonl(run.metrics_jsonl))
+    if train.tensorboard:  # after ProgressLines: it logs the perplexity that one adds
+        trainer.add_callback(RunTensorBoard(run.path / "tensorboard"))
     trainer.add_callback(StopOnSignal())
     return trainer
 
