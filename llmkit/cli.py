@@ -23,6 +23,7 @@ from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
     from llmkit.config.requests import (
+        ClassifyRequest,
         EmbedRequest,
         EvalRequest,
         ExportRequest,
@@ -308,6 +309,14 @@ def generate_cmd(req: GenerateRequest) -> None:
     from llmkit.commands.generate import run_generate
 
     run_generate(req)
+
+
+@command(app, "classify", "ClassifyRequest")
+def classify_cmd(req: ClassifyRequest) -> None:
+    """Label texts with a fine-tuned classifier: one text, stdin, or a file (JSONL out)."""
+    from llmkit.commands.classify import run_classify
+
+    run_classify(req)
 
 
 @command(app, "embed", "EmbedRequest")

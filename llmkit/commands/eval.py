@@ -38,7 +38,7 @@ from llmkit.io.files import field_texts, is_table, read_document, read_records, 
 from llmkit.io.runs import METRICS_JSON
 from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
-from llmkit.models.load import LoadedModel
+from llmkit.models.load import LoadedModel, folder_kind
 
 EMBEDDED_CHATTERBOT = "embedded:chatterbot"
 DATA_NEW_TOKENS = 64
@@ -235,15 +235,50 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 
 
 def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
+    refs = _model_refs(req)
+    if any(folder_kind(ref) == "classifier" for _, ref in refs):
+        return eval_classifiers(req, refs)
     sources, targets, desc = read_pairs(req)
     new_tokens = req.max_new_tokens or DATA_NEW_TOKENS
     systems = [
         _generate_and_score(label, ref, sources, targets, names, req, new_tokens, out_dir)[0]
-        for label, ref in _model_refs(req)
+        for label, ref in refs
     ]
     report = Report("generate", systems, data={"data": desc, "examples": len(sources)})
     report.settings["decoding"] = score.decoding_settings(new_tokens)
     report.refs_for_bootstrap = targets
+    return report
+
+
+def eval_classifiers(req: EvalRequest, refs: list[tuple[str, str]]) -> Report:
+    """Classifiers on a JSONL of texts and labels (fields text/label, or --source-field /
+    --target-field): accuracy, macro-F1 and a per-class report."""
+    from llmkit.models.card import require_kind
+
+    for _, ref in refs:
+        require_kind(ref, folder_kind(ref), ("classifier",), "comparing with a classifier")
+    path = Path(str(req.data))
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise UsageError(
+            f"--data {path}: a classifier is scored on a .jsonl/.csv of texts and labels"
+        )
+    rows = read_records(path)
+    if not rows:
+        raise UsageError(f"{path} is empty: it holds no texts")
+    text_key, label_key = req.source_field or "text", req.target_field or "label"
+    texts = field_texts(rows, text_key, hint="pick it with --source-field")
+    gold = field_texts(rows, label_key, hint="pick it with --target-field")
+    if req.limit:
+        texts, gold = texts[: req.limit], gold[: req.limit]
+    systems = [
+        score.classify_and_score(label, ref, texts, gold, batch_size=req.batch_size)
+        for label, ref in refs
+    ]
+    desc = f"{path} ({text_key} -> {label_key}, {len(texts)} rows)"
+    report = Report("classify", systems, data={"data": desc, "examples": len(texts)})
+    report.refs_for_bootstrap = gold
+    for system in systems:
+        report.notes += score.per_class_lines(system)
     return report
 
 

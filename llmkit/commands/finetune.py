@@ -135,7 +135,7 @@ def setup(
 def train(job: FinetuneJob) -> dict[str, Any]:
     """Task metrics before (unless resuming), training, task metrics after, and an answer to
     one held-out prompt."""
-    from llmkit.evaluation.metrics import majority_baseline
+    from llmkit.evaluation.classes import majority_baseline
     from llmkit.inference.generate import sample_answer
     from llmkit.train.trainer import fit
 

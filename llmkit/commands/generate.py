@@ -8,7 +8,6 @@ stdout (or --output as JSONL); status lines go to stderr, so stdout is pipe- and
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from llmkit.inference.generate import (
 )
 from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.io.console import note
-from llmkit.io.files import read_texts
+from llmkit.io.files import read_stdin, read_texts
 from llmkit.io.write import check_output
 from llmkit.models.card import RAW, PromptFormat, prompt_format_for
 from llmkit.models.load import LoadedModel
@@ -82,17 +81,10 @@ def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, An
         raise UsageError("--field and --output go with --input FILE")
     if req.prompt is None:
         raise UsageError("give a PROMPT, '-' to read it from stdin, or --input FILE")
-    prompt = _stdin() if req.prompt == "-" else req.prompt
+    prompt = read_stdin() if req.prompt == "-" else req.prompt
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return [prompt], [{"prompt": prompt}]
-
-
-def _stdin() -> str:
-    try:
-        return sys.stdin.read().rstrip("\n")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}): pipe UTF-8 text") from None
 
 
 def _check_modes(req: GenerateRequest, options: DecodingConfig) -> None:

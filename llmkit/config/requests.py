@@ -207,6 +207,31 @@ class GenerateRequest(DecodingConfig, Request):
         return DecodingConfig.model_validate({k: v for k, v in self if k in names})
 
 
+class ClassifyRequest(Request):
+    """`llmkit classify`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "text": ARGUMENT,
+        "model": flag("--model", "-m"),
+        "input": flag("--input", "-i"),
+        "output": flag("--output", "-o"),
+        "json_": flag("--json"),
+        "runs_root": Flag(cli=False),
+    }
+
+    text: str | None = Field(None, description="Text to classify; '-' reads it from stdin.")
+    model: str | None = Field(
+        None, description="Classifier run or folder (default: the latest run, if a classifier)."
+    )
+    input: Path | None = Field(None, description="Texts file: .txt (one per line) or .jsonl.")
+    output: Path | None = Field(None, description="JSONL results (default: stdout).")
+    field: str | None = Field(None, description="JSONL field holding the text (default: text).")
+    batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
+    json_: bool = Field(False, description="Print JSON on stdout.")
+    overwrite: bool = Field(False, description="Replace an existing --output file.")
+    runs_root: Path = Field(Path("runs"), description="Where runs live.")
+
+
 class EmbedRequest(Request):
     """`llmkit embed`."""
 

@@ -294,23 +294,15 @@ def paired_bootstrap_bleu(
 
 
 def classification_scores(pred: Any) -> dict[str, float]:
-    """Accuracy and macro-F1 (the unweighted mean of per-class F1, so rare topics count) of a
-    Trainer's EvalPrediction (class logits and label ids), as its `compute_metrics`."""
+    """Accuracy and macro-F1 (llmkit.evaluation.classes) of a Trainer's EvalPrediction (class
+    logits and label ids), as its `compute_metrics`."""
     import numpy as np
 
-    guess = np.asarray(pred.predictions).argmax(-1)
-    gold = np.asarray(pred.label_ids)
-    f1s = []
-    for c in np.unique(np.concatenate([gold, guess])):
-        tp = float(np.sum((guess == c) & (gold == c)))
-        denom = float(np.sum(guess == c) + np.sum(gold == c))
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return {"accuracy": float(np.mean(guess == gold)), "macro_f1": float(np.mean(f1s))}
+    from llmkit.evaluation.classes import class_report
 
-
-def majority_baseline(labels: Sequence[int]) -> float:
-    """Accuracy of always answering the most common label."""
-    return Counter(labels).most_common(1)[0][1] / len(labels)
+    guess = np.asarray(pred.predictions).argmax(-1).tolist()
+    report = class_report(guess, np.asarray(pred.label_ids).tolist())
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
 def generation_scores(preds: list[str], refs: list[str]) -> dict[str, float]:

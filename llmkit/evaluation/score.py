@@ -101,6 +101,47 @@ def generate_and_score(
     return system
 
 
+def classify_and_score(
+    label: str, ref: str, texts: list[str], gold: list[str], *, batch_size: int
+) -> SystemScores:
+    """A classifier's labels for `texts` scored against `gold`: accuracy and macro-F1 (0-100,
+    as eval's other metrics) and a per-class report in the details."""
+    from llmkit.evaluation.classes import class_report
+    from llmkit.inference.classify import classify_texts, load_classifier
+    from llmkit.io.console import note
+
+    clf = load_classifier(ref)
+    note(f"model: {clf.description}")
+    unknown = sorted(set(gold) - set(clf.labels))
+    if unknown:
+        raise UsageError(
+            f"labels {', '.join(unknown[:5])} are not among the classifier's classes "
+            f"({', '.join(clf.labels)})"
+        )
+    start = time.perf_counter()
+    predictions = classify_texts(clf, texts, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    guess = [p.label for p in predictions]
+    report = class_report(guess, gold)
+    system = SystemScores(label, clf.description, texts=guess)
+    system.values = {"accuracy": 100 * report["accuracy"], "macro_f1": 100 * report["macro_f1"]}
+    system.details.update(per_class=report["per_class"], classify_seconds=round(seconds, 2))
+    system.predictions = [
+        {"index": i, "text": t, "reference": g, "prediction": p.label, "score": p.score}
+        for i, (t, g, p) in enumerate(zip(texts, gold, predictions, strict=True))
+    ]
+    return system
+
+
+def per_class_lines(system: SystemScores) -> list[str]:
+    """One line per class: precision, recall, F1 and support."""
+    return [
+        f"[{system.label}] {name}: precision {v['precision']:.3f}, recall {v['recall']:.3f}, "
+        f"F1 {v['f1']:.3f}, support {v['support']}"
+        for name, v in system.details.get("per_class", {}).items()
+    ]
+
+
 def default_model_ref(runs_root: Path) -> str:
     """The newest finished run if it holds a causal LM (full model or LoRA adapter), else the
     embedded SmolLM2."""

@@ -261,3 +261,14 @@ def _first_present(first: tuple[str, Record], candidates: tuple[str, ...], tail:
 
 def _names(row: Record) -> str:
     return ", ".join(map(str, row)) or "none"
+
+
+def read_stdin() -> str:
+    """Standard input as text (one trailing newline dropped), or one line saying it is not
+    UTF-8."""
+    import sys
+
+    try:
+        return sys.stdin.read().rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}): pipe UTF-8 text") from None

@@ -265,8 +265,13 @@ def load_encoder(ref: str = DEFAULT_ENCODER) -> tuple[Any, Any, int]:
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from llmkit.models.card import require_kind
+
     hf_logging.disable_progress_bar()
     path = resolve_ref(ref)
+    # A decoder's mean hidden state is not a sentence embedding it was trained for (and GPT-2
+    # has no pad token to batch with): refuse in one line rather than fail mid-batch.
+    require_kind(ref, folder_kind(ref), ("encoder", "masked", "classifier"), "embedding")
     with loading("encoder", ref):
         model = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
