@@ -105,7 +105,8 @@ def test_ab_of_identical_predictions_shows_no_difference(
     assert set(saved["difference"].values()) == {0.0}
     assert saved["paired_bootstrap_bleu"]["p_value"] == 1.0
     assert (out / "ab.png").stat().st_size > 10_000
-    assert "p (BLEU)" in result.stdout
+    assert saved["paired_bootstrap"]["metrics"]["rouge1"]["p_value"] == 1.0
+    assert "95% CI of B - A" in result.stdout
 
 
 def test_ab_of_different_predictions_reports_a_significant_bleu_gap(

@@ -133,34 +133,6 @@ def test_self_bleu_is_100_for_copies_and_lower_for_varied_outputs() -> None:
     assert metrics.self_bleu(lines).score < 20
 
 
-def test_paired_bootstrap_finds_no_difference_between_identical_systems(
-    pairs: tuple[list[list[str]], list[list[str]]],
-) -> None:
-    preds, refs = joined(pairs[0]), joined(pairs[1])
-    result = metrics.paired_bootstrap_bleu(preds, list(preds), refs)
-    assert result.difference == 0.0
-    assert result.p_value == 1.0
-    assert "bs:1000|seed:12345" in result.signature
-
-
-def test_paired_bootstrap_p_value_is_sacrebleus(
-    pairs: tuple[list[list[str]], list[list[str]]],
-) -> None:
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    preds, refs = joined(pairs[0]), joined(pairs[1])
-    worse = [p if i % 2 else " ".join(p.split()[::2]) for i, p in enumerate(preds)]
-    _, direct = PairedTest(
-        [("a", preds), ("b", worse)], {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=1000
-    )()
-
-    result = metrics.paired_bootstrap_bleu(preds, worse, refs)
-
-    assert result.p_value == direct["BLEU"][1].p_value  # type: ignore[union-attr]
-    assert result.p_value < 0.05 and result.difference < -5
-
-
 def test_unknown_metric_name_lists_the_valid_ones() -> None:
     assert metrics.parse_metric_names("BLEU, rouge") == ["bleu", "rouge"]
     with pytest.raises(UsageError, match=r"unknown metric blue \(valid: bleu, chrf, rouge, em"):

@@ -7,9 +7,9 @@ The options pick the mode:
     (none of those)                          the default suite on embedded held-out data
 
 Flow: check options, files and the output folder (cheap, before any model loads) -> score one
-or two systems (llmkit.evaluation.score) -> for two, the difference and sacreBLEU's paired
-bootstrap p-value for BLEU -> metrics.json, predictions, ab.png and a table on stdout
-(llmkit.evaluation.report). Status lines go to stderr.
+or two systems (llmkit.evaluation.score) -> for two, the differences and a paired bootstrap
+test of each (llmkit.evaluation.significance) -> metrics.json, predictions, ab.png and a
+table on stdout (llmkit.evaluation.report). Status lines go to stderr.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def run_eval(req: EvalRequest) -> Path:
     else:
         report = eval_default_suite(req, names, out_dir)
     if len(report.systems) == 2:
-        compare(report)
+        compare(report, req.bootstrap, req.bootstrap_seed)
     report.settings["seconds"] = round(time.perf_counter() - start, 2)
     save(report, out_dir)
     show(report, out_dir)
@@ -184,7 +184,7 @@ def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
         _check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
         systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names))
     data = {"references": refs_name, "examples": len(refs)}
-    return Report("preds", systems, data=data, refs_for_bootstrap=refs)
+    return Report("preds", systems, data=data)
 
 
 def _read_preds(path: Path, req: EvalRequest) -> list[str]:
@@ -246,7 +246,6 @@ def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report
     ]
     report = Report("generate", systems, data={"data": desc, "examples": len(sources)})
     report.settings["decoding"] = score.decoding_settings(new_tokens)
-    report.refs_for_bootstrap = targets
     return report
 
 
@@ -383,5 +382,4 @@ def eval_default_suite(req: EvalRequest, names: list[str], out_dir: Path) -> Rep
         f"generation metrics on {len(pairs)} of {len(questions)} held-out chatterbot questions "
         f"(greedy, <= {new_tokens} new tokens); use --limit for more"
     )
-    report.refs_for_bootstrap = targets
     return report

@@ -9,6 +9,10 @@ Units, so numbers can be compared with papers and other tools:
   - distinct-n: unique n-grams / all n-grams over all outputs (Li et al. 2016), 0-1.
   - length: mean whitespace tokens per output.
 
+Each corpus value also keeps what it is computed from, example by example (`ExampleStats`),
+so an A/B comparison can resample examples without scoring text again
+(llmkit.evaluation.significance).
+
 `METRICS` maps the metric names `llmkit eval` accepts to functions of (predictions,
 references); perplexity needs a model (llmkit.evaluation.perplexity).
 """
@@ -23,10 +27,11 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.evaluation.significance import ExampleStats, mean_stats, sacrebleu_stats
 
 # --- generation metrics --------------------------------------------------------------------
 
@@ -46,24 +51,32 @@ def _check_pairs(preds: Sequence[str], refs: Sequence[str]) -> None:
         raise UsageError("no predictions to score")
 
 
+def _sacrebleu_corpus(
+    metric: Any, preds: Sequence[str], refs: Sequence[str]
+) -> tuple[CorpusScore, ExampleStats]:
+    """sacreBLEU's `corpus_score` in its own two steps, keeping the per-sentence sufficient
+    statistics in between (BLEU: hypothesis and reference lengths, matches and totals of
+    1-4-grams; chrF: hypothesis, reference and match counts per n-gram order)."""
+    _check_pairs(preds, refs)
+    hyps, streams = list(preds), [list(refs)]
+    metric._check_corpus_score_args(hyps, streams)
+    stats = metric._extract_corpus_statistics(hyps, streams)
+    score = float(metric._aggregate_and_compute(stats).score)
+    return CorpusScore(score, str(metric.get_signature())), sacrebleu_stats(metric, stats)
+
+
 def bleu(preds: Sequence[str], refs: Sequence[str]) -> CorpusScore:
     """Corpus BLEU with sacreBLEU's defaults (13a tokenizer, exp smoothing, one reference)."""
     from sacrebleu.metrics import BLEU
 
-    _check_pairs(preds, refs)
-    metric = BLEU()
-    result = metric.corpus_score(list(preds), [list(refs)])
-    return CorpusScore(result.score, str(metric.get_signature()))
+    return _sacrebleu_corpus(BLEU(), preds, refs)[0]
 
 
 def chrf(preds: Sequence[str], refs: Sequence[str]) -> CorpusScore:
     """Corpus chrF (character 6-grams, beta 2) with sacreBLEU's defaults."""
     from sacrebleu.metrics import CHRF
 
-    _check_pairs(preds, refs)
-    metric = CHRF()
-    result = metric.corpus_score(list(preds), [list(refs)])
-    return CorpusScore(result.score, str(metric.get_signature()))
+    return _sacrebleu_corpus(CHRF(), preds, refs)[0]
 
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -128,13 +141,13 @@ def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def rouge(
+def rouge_rows(
     preds: Sequence[str], refs: Sequence[str], *, workers: int | None = None
-) -> dict[str, float]:
-    """ROUGE-1/2/L/Lsum F-measure x 100, the mean of per-pair scores (rouge-score, stemmed).
+) -> list[tuple[float, ...]]:
+    """Per-pair ROUGE-1/2/L/Lsum F-measures (0-1), in order.
 
     Large inputs are split over `workers` processes (default: all cores, from 2,000 pairs);
-    rows come back in order and are summed the same way, so the result does not depend on it.
+    rows come back in order, so the result does not depend on it.
     """
     _check_pairs(preds, refs)
     pairs = list(zip(preds, refs, strict=True))
@@ -146,6 +159,14 @@ def rouge(
             rows = [r for part in pool.map(_rouge_rows, _chunks(pairs, workers)) for r in part]
     else:
         rows = _rouge_rows(pairs)
+    return rows
+
+
+def rouge(
+    preds: Sequence[str], refs: Sequence[str], *, workers: int | None = None
+) -> dict[str, float]:
+    """ROUGE-1/2/L/Lsum F-measure x 100, the mean of per-pair scores (rouge-score, stemmed)."""
+    rows = rouge_rows(preds, refs, workers=workers)
     return {
         name: 100 * math.fsum(row[i] for row in rows) / len(rows)
         for i, name in enumerate(ROUGE_TYPES)
@@ -175,23 +196,38 @@ def _pair_f1(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def _pair_values(
+    fn: Callable[[str, str], float], preds: Sequence[str], refs: Sequence[str]
+) -> list[float]:
+    _check_pairs(preds, refs)
+    return [float(fn(p, r)) for p, r in zip(preds, refs, strict=True)]
+
+
+def _pair_em(pred: str, ref: str) -> float:
+    return float(normalize_answer(pred) == normalize_answer(ref))
+
+
+def _pair_accuracy(pred: str, ref: str) -> float:
+    return float(pred.strip() == ref.strip())
+
+
 def exact_match(preds: Sequence[str], refs: Sequence[str]) -> float:
     """Percentage of predictions equal to their reference after SQuAD normalization."""
-    _check_pairs(preds, refs)
-    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(preds, refs, strict=True))
-    return 100 * hits / len(preds)
+    return 100 * _mean(_pair_values(_pair_em, preds, refs))
 
 
 def token_f1(preds: Sequence[str], refs: Sequence[str]) -> float:
     """Mean SQuAD token-overlap F1 x 100 (bag of normalized words per pair)."""
-    _check_pairs(preds, refs)
-    return 100 * math.fsum(_pair_f1(p, r) for p, r in zip(preds, refs, strict=True)) / len(preds)
+    return 100 * _mean(_pair_values(_pair_f1, preds, refs))
 
 
 def accuracy(preds: Sequence[str], refs: Sequence[str]) -> float:
     """Percentage of predictions equal to their reference (labels: only whitespace trimmed)."""
-    _check_pairs(preds, refs)
-    return 100 * sum(p.strip() == r.strip() for p, r in zip(preds, refs, strict=True)) / len(preds)
+    return 100 * _mean(_pair_values(_pair_accuracy, preds, refs))
 
 
 def distinct_n(preds: Sequence[str], n: int) -> float:
@@ -227,67 +263,13 @@ def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS)
     return CorpusScore(math.fsum(scores) / len(scores), str(metric.get_signature()))
 
 
+def _lengths(preds: Sequence[str]) -> list[float]:
+    return [float(len(p.split())) for p in preds]
+
+
 def avg_length(preds: Sequence[str]) -> float:
     """Mean number of whitespace-separated tokens per output."""
-    return sum(len(p.split()) for p in preds) / len(preds) if preds else 0.0
-
-
-# --- paired significance -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PairedBootstrap:
-    """BLEU of systems A and B on the same references, and how likely the gap is chance."""
-
-    bleu_a: float
-    bleu_b: float
-    difference: float  # B - A, BLEU points
-    p_value: float  # paired bootstrap, two-sided; < 0.05 is the usual "significant"
-    mean_b: float  # B's mean BLEU over the resamples
-    ci_b: float  # half-width of B's 95% interval over the resamples
-    n_samples: int
-    signature: str
-
-
-def paired_bootstrap_bleu(
-    preds_a: Sequence[str], preds_b: Sequence[str], refs: Sequence[str], *, n_samples: int = 1000
-) -> PairedBootstrap:
-    """sacreBLEU's paired bootstrap resampling test (Koehn 2004; sacrebleu's paired-bs).
-
-    The seed is sacreBLEU's ($SACREBLEU_SEED, default 12345), so the p-value is repeatable
-    and part of the signature.
-    """
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    _check_pairs(preds_a, refs)
-    _check_pairs(preds_b, refs)
-    test = PairedTest(
-        [("A", list(preds_a)), ("B", list(preds_b))],
-        {"BLEU": BLEU()},
-        [list(refs)],
-        test_type="bs",
-        n_samples=n_samples,
-    )
-    signatures, results = test()
-    result_a, result_b = results["BLEU"]
-    assert not isinstance(result_a, str) and not isinstance(result_b, str)
-    p_value = float(result_b.p_value if result_b.p_value is not None else 1.0)
-    if result_a.score == result_b.score:
-        # sacreBLEU counts resampled gaps strictly above the observed one, plus one: with no
-        # observed gap, identical systems get p = 1/(1000+1) ~ 0.001, "significant".
-        # No gap is no evidence of a difference (the same trap: jhclark/multeval#5).
-        p_value = 1.0
-    return PairedBootstrap(
-        bleu_a=result_a.score,
-        bleu_b=result_b.score,
-        difference=result_b.score - result_a.score,
-        p_value=p_value,
-        mean_b=float(result_b.mean or 0.0),
-        ci_b=float(result_b.ci or 0.0),
-        n_samples=n_samples,
-        signature=str(signatures["BLEU"]),
-    )
+    return _mean(_lengths(preds))
 
 
 # --- fine-tuning evaluation ----------------------------------------------------------------
@@ -322,16 +304,34 @@ class MetricResult:
 
     values: dict[str, float]
     signature: str | None = None
+    examples: dict[str, ExampleStats] = field(default_factory=dict)  # per value, if it has them
 
 
 def _bleu_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
-    s = bleu(preds, refs)
-    return MetricResult({"bleu": s.score}, s.signature)
+    from sacrebleu.metrics import BLEU
+
+    s, stats = _sacrebleu_corpus(BLEU(), preds, refs)
+    return MetricResult({"bleu": s.score}, s.signature, {"bleu": stats})
 
 
 def _chrf_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
-    s = chrf(preds, refs)
-    return MetricResult({"chrf": s.score}, s.signature)
+    from sacrebleu.metrics import CHRF
+
+    s, stats = _sacrebleu_corpus(CHRF(), preds, refs)
+    return MetricResult({"chrf": s.score}, s.signature, {"chrf": stats})
+
+
+def _rouge_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
+    rows = rouge_rows(preds, refs)
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(ROUGE_TYPES)}
+    return MetricResult(
+        {name: 100 * _mean(col) for name, col in columns.items()},
+        examples={name: mean_stats(col, 100.0) for name, col in columns.items()},
+    )
+
+
+def _mean_metric(key: str, values: list[float], scale: float = 100.0) -> MetricResult:
+    return MetricResult({key: scale * _mean(values)}, examples={key: mean_stats(values, scale)})
 
 
 def _self_bleu_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
@@ -344,15 +344,15 @@ MetricFn = Callable[[Sequence[str], Sequence[str]], MetricResult]
 METRICS: dict[str, MetricFn] = {
     "bleu": _bleu_metric,
     "chrf": _chrf_metric,
-    "rouge": lambda p, r: MetricResult(rouge(p, r)),
-    "em": lambda p, r: MetricResult({"exact_match": exact_match(p, r)}),
-    "f1": lambda p, r: MetricResult({"f1": token_f1(p, r)}),
-    "accuracy": lambda p, r: MetricResult({"accuracy": accuracy(p, r)}),
+    "rouge": _rouge_metric,
+    "em": lambda p, r: _mean_metric("exact_match", _pair_values(_pair_em, p, r)),
+    "f1": lambda p, r: _mean_metric("f1", _pair_values(_pair_f1, p, r)),
+    "accuracy": lambda p, r: _mean_metric("accuracy", _pair_values(_pair_accuracy, p, r)),
     "distinct": lambda p, r: MetricResult(
         {"distinct_1": distinct_n(p, 1), "distinct_2": distinct_n(p, 2)}
     ),
     "self_bleu": _self_bleu_metric,
-    "length": lambda p, r: MetricResult({"avg_length": avg_length(p)}),
+    "length": lambda p, r: _mean_metric("avg_length", _lengths(p), scale=1.0),
 }
 # accuracy is opt-in: on free text it is a stricter exact match that reads as 0.
 DEFAULT_METRICS = ("bleu", "chrf", "rouge", "em", "f1", "distinct", "self_bleu", "length")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmkit.evaluation import metrics
+from llmkit.evaluation import significance
 from llmkit.io.provenance import versions
 from llmkit.io.runs import METRICS_JSON
 from llmkit.io.write import MARKER, atomic_path, mark_owned, write_json, write_jsonl
@@ -55,7 +55,8 @@ class SystemScores:
     values: dict[str, float] = field(default_factory=dict)
     signatures: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
-    texts: list[str] | None = None  # the predictions scored, for the paired bootstrap
+    # what each value is computed from, example by example, for the paired bootstrap
+    examples: dict[str, significance.ExampleStats] = field(default_factory=dict)
     predictions: list[dict[str, Any]] | None = None  # rows of predictions.jsonl
 
 
@@ -66,18 +67,17 @@ class Report:
     data: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    bootstrap: metrics.PairedBootstrap | None = None
-    refs_for_bootstrap: list[str] | None = None
+    bootstrap: significance.Bootstrap | None = None
 
 
-def compare(report: Report) -> None:
-    """sacreBLEU's paired bootstrap for BLEU when both systems have it (differences are
-    computed where they are shown and saved)."""
+def compare(report: Report, n_samples: int, seed: int) -> None:
+    """The paired bootstrap (n_samples resamples; 0 = off) for every value both systems have
+    per-example statistics for (differences are computed where they are shown and saved)."""
     a, b = report.systems
-    refs = report.refs_for_bootstrap
-    if "bleu" in a.values and "bleu" in b.values and refs is not None:
-        assert a.texts is not None and b.texts is not None
-        report.bootstrap = metrics.paired_bootstrap_bleu(a.texts, b.texts, refs)
+    if n_samples > 0 and a.examples and b.examples:
+        report.bootstrap = significance.paired_bootstrap(
+            a.examples, b.examples, a.values, b.values, n_samples=n_samples, seed=seed
+        )
 
 
 def differences(report: Report) -> dict[str, float]:
@@ -117,8 +117,12 @@ def to_json(report: Report) -> dict[str, Any]:
         b = report.systems[1]
         out["b"] = {"system": b.source, "metrics": b.values, "details": b.details}
         out["difference"] = differences(report)
-        if report.bootstrap is not None:
-            out["paired_bootstrap_bleu"] = vars(report.bootstrap)
+        boot = report.bootstrap
+        if boot is not None:
+            untested = [k for k in out["difference"] if k not in boot.tests]
+            out["paired_bootstrap"] = boot.to_json(untested)
+            if boot.bleu is not None:  # BLEU's test, in the layout it had on its own
+                out["paired_bootstrap_bleu"] = vars(boot.bleu)
     return out
 
 
@@ -152,8 +156,9 @@ def plot_ab(report: Report, path: Path) -> None:
         title = DISPLAY.get(key, key)
         if key in LOWER_IS_BETTER:
             title += " (lower=better)"
-        if key == "bleu" and report.bootstrap is not None:
-            title += f"\np = {report.bootstrap.p_value:.3f}"
+        test = report.bootstrap.tests.get(key) if report.bootstrap else None
+        if test is not None:
+            title += f"\np = {test.p_value:.3f}"
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.2)
     for ax in list(axes.flat)[len(keys) :]:
@@ -184,20 +189,22 @@ def _signed(key: str, value: float) -> str:
 
 
 def show(report: Report, out_dir: Path) -> None:
-    """The table on stdout: A, and for A/B also B, B - A and BLEU's p-value."""
+    """The table on stdout: A, and for A/B also B, B - A, and the bootstrap's 95% interval
+    of B - A and p-value for every metric it tested."""
     from rich.console import Console
     from rich.table import Table
 
     two = len(report.systems) == 2
-    tested = report.bootstrap is not None
+    tests = report.bootstrap.tests if report.bootstrap is not None else {}
     table = Table(title=f"llmkit eval ({report.mode})", title_justify="left")
     table.add_column("metric")
     for system in report.systems:
         table.add_column(system.label, justify="right")
     if two:
         table.add_column("B - A", justify="right")
-    if tested:
-        table.add_column("p (BLEU)", justify="right")
+    if tests:
+        table.add_column("95% CI of B - A", justify="right")
+        table.add_column("p", justify="right")
     diffs = differences(report)
     for key, value in report.systems[0].values.items():
         row = [DISPLAY.get(key, key), _fmt(key, value)]
@@ -205,8 +212,9 @@ def show(report: Report, out_dir: Path) -> None:
             other = report.systems[1].values.get(key)
             row.append("-" if other is None else _fmt(key, other))
             row.append(_signed(key, diffs[key]) if key in diffs else "-")
-        if tested:
-            row.append(_p_value_cell(report) if key == "bleu" else "")
+        if tests:
+            test = tests.get(key)
+            row += _test_cells(key, test) if test is not None else ["", ""]
         table.add_row(*row)
     console = Console(width=120)
     for system in report.systems:
@@ -214,12 +222,25 @@ def show(report: Report, out_dir: Path) -> None:
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
+    if report.bootstrap is not None and tests:
+        boot = report.bootstrap
+        console.print(
+            f"paired bootstrap: {boot.n_samples:,} resamples of {boot.examples:,} examples, "
+            f"seed {boot.seed}, {boot.seconds:.2f} s; * = p < 0.05",
+            highlight=False,
+        )
+        untested = [DISPLAY.get(k, k) for k in diffs if k not in tests]
+        if untested:
+            console.print(
+                f"not tested: {', '.join(untested)} (see paired_bootstrap.not_tested in "
+                f"{METRICS_JSON})",
+                highlight=False,
+            )
     if "bleu" in report.systems[0].signatures:
         console.print(f"BLEU signature: {report.systems[0].signatures['bleu']}", highlight=False)
     console.print(f"wrote {out_dir / METRICS_JSON}", highlight=False)
 
 
-def _p_value_cell(report: Report) -> str:
-    assert report.bootstrap is not None
-    p = report.bootstrap.p_value
-    return f"{p:.3f}" + (" *" if p < 0.05 else "")
+def _test_cells(key: str, test: significance.MetricTest) -> list[str]:
+    interval = f"[{_fmt(key, test.ci_low)}, {_fmt(key, test.ci_high)}]"
+    return [interval, f"{test.p_value:.3f}" + (" *" if test.p_value < 0.05 else "")]

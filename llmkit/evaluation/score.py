@@ -38,13 +38,14 @@ def score_texts(
 ) -> SystemScores:
     """The named metrics (llmkit.evaluation.metrics.METRICS) of predictions against
     references, with each metric's signature and the seconds it took."""
-    system = SystemScores(label, source, texts=preds)
+    system = SystemScores(label, source)
     timings: dict[str, float] = {}
     for name in names:
         start = time.perf_counter()
         result = metrics.METRICS[name](preds, refs)
         timings[name] = round(time.perf_counter() - start, 3)
         system.values.update(result.values)
+        system.examples.update(result.examples)
         if result.signature is not None:
             system.signatures[name] = result.signature
     system.details["metric_seconds"] = timings
