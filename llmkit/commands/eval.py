@@ -275,7 +275,6 @@ def eval_classifiers(req: EvalRequest, refs: list[tuple[str, str]]) -> Report:
     ]
     desc = f"{path} ({text_key} -> {label_key}, {len(texts)} rows)"
     report = Report("classify", systems, data={"data": desc, "examples": len(texts)})
-    report.refs_for_bootstrap = gold
     for system in systems:
         report.notes += score.per_class_lines(system)
     return report

@@ -124,8 +124,11 @@ def classify_and_score(
     seconds = time.perf_counter() - start
     guess = [p.label for p in predictions]
     report = class_report(guess, gold)
-    system = SystemScores(label, clf.description, texts=guess)
-    system.values = {"accuracy": 100 * report["accuracy"], "macro_f1": 100 * report["macro_f1"]}
+    # Accuracy through eval's own metric (an exact match of label names), so A/B comparisons
+    # get its paired bootstrap; macro-F1 is not a mean over examples and is not resampled.
+    accuracy = metrics.METRICS["accuracy"](guess, gold)
+    system = SystemScores(label, clf.description, examples=dict(accuracy.examples))
+    system.values = {**accuracy.values, "macro_f1": 100 * report["macro_f1"]}
     system.details.update(per_class=report["per_class"], classify_seconds=round(seconds, 2))
     system.predictions = [
         {"index": i, "text": t, "reference": g, "prediction": p.label, "score": p.score}
