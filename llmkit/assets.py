@@ -98,6 +98,46 @@ def chatterbot_pairs() -> list[dict[str, str]]:
     return pairs
 
 
+def translation_pairs(language: str = "italian") -> list[dict[str, str]]:
+    """English -> `language` sentence pairs: chatterbot-corpus's translated topic files.
+
+    The corpus translates some English topic files line by line: for Italian, 12 files (ai,
+    emotion, literature, science, ...) have exactly the English file's conversations and
+    turns, so turn k of conversation j pairs with its translation ("Are you sapient?" ->
+    "Sei saggia?"). Files whose shape differs (greetings, trivia: retold, not translated) are
+    skipped. Duplicate sources keep their first translation: ~760 pairs for Italian.
+    """
+    import yaml
+
+    root = package_dir("chatterbot") / "data"
+    pairs: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for target_file in sorted((root / language).glob("*.yml")):
+        source_file = root / "english" / target_file.name
+        if not source_file.exists():
+            continue
+        english = yaml.safe_load(source_file.read_text(encoding="utf-8")) or {}
+        other = yaml.safe_load(target_file.read_text(encoding="utf-8")) or {}
+        a, b = english.get("conversations") or [], other.get("conversations") or []
+        if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+            continue
+        for conv_a, conv_b in zip(a, b, strict=True):
+            for src, tgt in zip(conv_a, conv_b, strict=True):
+                src, tgt = " ".join(str(src).split()), " ".join(str(tgt).split())
+                if src and tgt and src.lower() not in seen:
+                    seen.add(src.lower())
+                    pairs.append({"topic": target_file.stem, "source": src, "target": tgt})
+    return pairs
+
+
+def hash_bucket(text: str) -> float:
+    """A number in [0, 1) fixed by `text`: the same split on every run, machine and release."""
+    import hashlib
+
+    digest = hashlib.sha256(text.lower().encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32
+
+
 def chatterbot_split(
     validation_fraction: float = 0.1,
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -107,13 +147,10 @@ def chatterbot_split(
     versions, and keeps every answer to the same question on the same side, so `llmkit eval`
     never scores a model on questions that `llmkit finetune` trained it on.
     """
-    import hashlib
-
     train: list[dict[str, str]] = []
     held_out: list[dict[str, str]] = []
     for pair in chatterbot_pairs():
-        digest = hashlib.sha256(pair["question"].lower().encode()).digest()
-        bucket = int.from_bytes(digest[:4], "big") / 2**32
+        bucket = hash_bucket(pair["question"])
         (held_out if bucket < validation_fraction else train).append(pair)
     return train, held_out
 

@@ -62,6 +62,7 @@ def setup(
     from llmkit.models.load import (
         accepts_logits_to_keep,
         check_qlora,
+        is_seq2seq,
         load_for_finetuning,
         load_tokenizer,
     )
@@ -91,9 +92,9 @@ def setup(
         if main:
             run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
         tokenizer = load_tokenizer(
-            recipe.base_model, trust_remote_code=recipe.model.trust_remote_code
+            recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code
         )
-        data = build_data(recipe, tokenizer)
+        data = build_data(recipe, tokenizer, seq2seq=is_seq2seq(recipe))
 
     set_seed(t.seed)  # LoRA's A matrices and a classification head start random
     model = load_for_finetuning(recipe, tokenizer, data.labels)

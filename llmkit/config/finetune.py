@@ -88,6 +88,29 @@ class FinetuneDataConfig(Section):
         return self
 
 
+class ScratchModelConfig(Section):
+    """A new encoder-decoder built from sizes (random weights), for text2text from scratch."""
+
+    arch: Literal["t5"] = Field("t5", description="Model family (T5: relative positions).")
+    tokenizer: str = Field(
+        "embedded:gpt2",
+        description="Its vocabulary: `embedded:gpt2`, or a folder from `llmkit prep tokenizer`.",
+    )
+    d_model: int = Field(256, ge=8, description="Width.")
+    num_layers: int = Field(3, ge=1, description="Encoder layers (and as many decoder layers).")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    d_ff: int = Field(1024, ge=8, description="Feed-forward width.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout rate.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ScratchModelConfig:
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model {self.d_model} must be a multiple of num_heads {self.num_heads}"
+            )
+        return self
+
+
 class FinetuneModelConfig(Section):
     """The model to start from."""
 
@@ -101,6 +124,11 @@ class FinetuneModelConfig(Section):
     )
     trust_remote_code: bool = Field(
         False, description="Run code shipped with a hub model. Off unless you trust the source."
+    )
+    scratch: ScratchModelConfig | None = Field(
+        None,
+        description="Build a new encoder-decoder (T5) from these sizes instead of loading "
+        "`init` (text2text only).",
     )
 
 
@@ -199,10 +227,29 @@ class FinetuneRecipe(RecipeBase):
             problems.append("qlora: 4-bit weights cannot be trained; set lora.enabled: true")
         if self.packing and self.task == "classification":
             problems.append("packing: only for sft and text2text (classification pads)")
+        if self.model.scratch is not None:
+            if self.task != "text2text":
+                problems.append("model.scratch: builds an encoder-decoder, for task text2text")
+            if self.packing:
+                problems.append("packing: not for encoder-decoder models (set packing: false)")
+            if self.lora.enabled:
+                problems.append(
+                    "model.scratch: a new model has no trained weights to adapt; set "
+                    "lora.enabled: false"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     @property
     def base_model(self) -> str:
+        """What the run starts from: a model reference, or "new t5" built from sizes."""
+        if self.model.scratch is not None:
+            return f"a new {self.model.scratch.arch} (model.scratch)"
         return cast(str, self.model.init)  # filled in by `_check`
+
+    @property
+    def tokenizer_ref(self) -> str:
+        if self.model.scratch is not None:
+            return self.model.scratch.tokenizer
+        return cast(str, self.model.init)

@@ -53,6 +53,9 @@ SHAREGPT_ROLES = {
 
 # --- reading -------------------------------------------------------------------------------
 
+# English -> Italian sentence pairs from chatterbot-corpus's translated files (~760).
+EMBEDDED_TRANSLATION = "embedded:translation-en-it"
+
 
 def chatterbot_rows() -> tuple[list[Row], list[Row]]:
     """(train, held_out) chatterbot pairs as rows with question/answer/topic columns and an
@@ -76,6 +79,17 @@ def chatterbot_rows() -> tuple[list[Row], list[Row]]:
         }
 
     return [row(p) for p in train], [row(p) for p in held_out]
+
+
+def translation_rows(validation_fraction: float = 0.1) -> tuple[list[Row], list[Row]]:
+    """(train, held_out) English -> Italian pairs (source/target/topic), split by a hash of
+    the English sentence: 685 / 72."""
+    train: list[Row] = []
+    held_out: list[Row] = []
+    for pair in assets.translation_pairs("italian"):
+        bucket = assets.hash_bucket(pair["source"])
+        (held_out if bucket < validation_fraction else train).append(dict(pair))
+    return train, held_out
 
 
 def read_rows(sources: Sequence[str]) -> list[Row]:
@@ -252,6 +266,26 @@ def encode_segments(
         ids += piece
         labels += piece if trained or not completion_only else [IGNORE_INDEX] * len(piece)
     return Encoded(ids[:max_length], labels[:max_length])
+
+
+def encode_seq2seq(
+    rows: list[Row], recipe: Any, tokenizer: Any, *, split: str
+) -> list[dict[str, list[int]]]:
+    """Encoder-decoder examples: the rendered prompt as input_ids (with the tokenizer's own
+    special tokens, as `llmkit generate` encodes it), the target + EOS as labels; each cut to
+    data.max_length."""
+    d, eos = recipe.data, tokenizer.eos_token_id
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{split} row {i + 1}"
+        source = text_column(row, d.source_column, "source_column", where)
+        target = text_column(row, d.target_column, "target_column", where)
+        ids = tokenizer(d.template.format(source=source))["input_ids"][: d.max_length]
+        labels = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if eos is not None and (not labels or labels[-1] != eos):
+            labels = [*labels, eos]
+        out.append({"input_ids": ids, "labels": labels[: d.max_length]})
+    return out
 
 
 def encode_rows(rows: list[Row], recipe: Any, tokenizer: Any, *, split: str) -> list[Encoded]:

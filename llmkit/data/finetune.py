@@ -10,7 +10,7 @@ from typing import Any
 
 from llmkit.config.finetune import FinetuneRecipe
 from llmkit.data import examples
-from llmkit.data.collate import Examples, SftCollator
+from llmkit.data.collate import IGNORE_INDEX, Examples, SftCollator
 from llmkit.errors import UsageError
 from llmkit.models.card import PromptFormat, TaskCard
 
@@ -26,7 +26,10 @@ class FinetuneData:
     eval_pairs: list[tuple[str, str]] | None = None  # text2text: (prompt, reference)
 
 
-def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
+def build_data(recipe: FinetuneRecipe, tokenizer: Any, *, seq2seq: bool = False) -> FinetuneData:
+    """`seq2seq`: an encoder-decoder reads the rendered prompt and is trained on the target
+    alone (input_ids / labels of their own lengths); otherwise prompt and answer are one
+    prompt-masked sequence."""
     train_rows, val_rows = _rows(recipe)
     cap = recipe.data.max_eval_examples
     if cap and len(val_rows) > cap:
@@ -34,9 +37,22 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
         val_rows = val_rows[:: len(val_rows) // cap][:cap]
     if recipe.task == "classification":
         return _classification_data(recipe, tokenizer, train_rows, val_rows)
-    train = examples.encode_rows(train_rows, recipe, tokenizer, split="train")
-    validation = examples.encode_rows(val_rows, recipe, tokenizer, split="validation")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if seq2seq:
+        from transformers import DataCollatorForSeq2Seq
+
+        if tokenizer.pad_token is None:  # GPT-2's vocabulary has none; EOS pads (and T5
+            tokenizer.pad_token = tokenizer.eos_token  # starts each answer from the pad id)
+
+        train: Any = examples.encode_seq2seq(train_rows, recipe, tokenizer, split="train")
+        validation: Any = examples.encode_seq2seq(val_rows, recipe, tokenizer, split="validation")
+        # Pads inputs with the pad id and labels with -100; T5 makes its decoder inputs by
+        # shifting the labels right.
+        collator: Any = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
+    else:
+        train = Examples(examples.encode_rows(train_rows, recipe, tokenizer, split="train"))
+        validation = Examples(examples.encode_rows(val_rows, recipe, tokenizer, split="validation"))
+        collator = SftCollator(pad_id=int(pad or 0), pack=recipe.packing)
     first = examples.row_segments(val_rows[0], recipe, tokenizer, "validation row 1")
     prompt = "".join(text for text, trained in first[: _first_trained(first)])
     eval_pairs = None
@@ -50,9 +66,9 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any) -> FinetuneData:
             for r in val_rows[:n]
         ]
     return FinetuneData(
-        train=Examples(train),
-        validation=Examples(validation),
-        collator=SftCollator(pad_id=int(pad or 0), pack=recipe.packing),
+        train=train,
+        validation=validation,
+        collator=collator,
         sample_prompt=prompt or None,
         sample_shown=_shown_prompt(val_rows[0], recipe, prompt),
         eval_pairs=eval_pairs,
@@ -90,9 +106,11 @@ def _rows(recipe: FinetuneRecipe) -> tuple[list[dict[str, Any]], list[dict[str, 
     d = recipe.data
     if d.sources == ["embedded:chatterbot"]:
         return examples.chatterbot_rows()
+    if d.sources == [examples.EMBEDDED_TRANSLATION]:
+        return examples.translation_rows()
     if any(s.startswith("embedded:") for s in d.sources):
         raise UsageError(
-            "data.sources: embedded:chatterbot must be the only source "
+            "data.sources: an embedded: dataset must be the only source "
             "(it brings its own held-out split)"
         )
     rows = examples.read_rows(d.sources)

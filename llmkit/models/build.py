@@ -79,3 +79,29 @@ def _arch_kwargs(m: Any, vocab: int, tok: Any) -> dict[str, Any]:
         "attention_probs_dropout_prob": m.dropout,
         "pad_token_id": tok.pad_token_id,
     }
+
+
+def build_seq2seq(scratch: Any, tokenizer: Any) -> Any:
+    """A new T5 (random weights) sized by `model.scratch`, over the tokenizer's vocabulary.
+
+    T5 starts every answer from its decoder start token, the pad id; a GPT-2-style tokenizer
+    has no pad token, so its EOS serves (labels are padded with -100, never with it).
+    """
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=scratch.d_model,
+        d_kv=scratch.d_model // scratch.num_heads,
+        d_ff=scratch.d_ff,
+        num_layers=scratch.num_layers,
+        num_decoder_layers=scratch.num_layers,
+        num_heads=scratch.num_heads,
+        dropout_rate=scratch.dropout,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+    config.decoder_start_token_id = pad  # read by _shift_right and by generate
+    return T5ForConditionalGeneration(config)

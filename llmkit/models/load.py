@@ -55,8 +55,9 @@ def loading(what: str, ref: str, where: str = "") -> Iterator[None]:
         raise UsageError(f"{prefix}cannot load {what} {ref}: {first}") from e
 
 
-def resolve_ref(ref: str) -> str:
-    """Turn an `embedded:` name into a folder; leave folders and hub names as they are."""
+def resolve_ref(ref: str, *, tokenizer: bool = False) -> str:
+    """Turn an `embedded:` name into a folder; leave folders and hub names as they are.
+    With `tokenizer`, a folder holding only a tokenizer (`llmkit prep tokenizer`) is fine."""
     if assets.is_embedded(ref):
         name = assets.embedded_name(ref)
         builders = {
@@ -72,7 +73,10 @@ def resolve_ref(ref: str) -> str:
     if path.exists():
         if not path.is_dir():
             raise UsageError(f"model {ref} is a file; expected a model folder")
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        marks = ["config.json", "adapter_config.json"]
+        if tokenizer:
+            marks += ["tokenizer.json", "tokenizer_config.json"]
+        if not any((path / name).exists() for name in marks):
             hint = ""
             from llmkit.io.runs import RunDir
 
@@ -99,7 +103,7 @@ def adapter_base(path: str) -> str | None:
 def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve_ref(ref)
+    path = resolve_ref(ref, tokenizer=True)
     base = adapter_base(path)
     # An adapter folder usually carries the tokenizer too; fall back to the base model's.
     src = path if base is None or (Path(path) / "tokenizer_config.json").exists() else base
@@ -217,12 +221,40 @@ def check_qlora(recipe: FinetuneRecipe) -> None:
         )
 
 
+def is_seq2seq(recipe: FinetuneRecipe) -> bool:
+    """Whether the recipe trains an encoder-decoder: built from sizes, or a folder or hub
+    model whose config says so (read without loading weights)."""
+    if recipe.model.scratch is not None:
+        return True
+    if recipe.task != "text2text":
+        return False
+    kind = folder_kind(recipe.base_model)
+    if kind is None:  # a hub name: its config alone (a small download when online)
+        from transformers import AutoConfig
+
+        from llmkit.models.card import kind_of_architecture
+
+        with loading("model config", recipe.base_model, "model.init"):
+            config = AutoConfig.from_pretrained(recipe.base_model)
+        kind = kind_of_architecture(config.to_dict())
+    return kind == "seq2seq"
+
+
 def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str] | None) -> Any:
-    """The recipe's base model for training: a causal LM, or with `labels` a sequence
-    classifier with a new head of len(labels) classes; 4-bit under QLoRA."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    """The recipe's base model for training: a causal LM, an encoder-decoder (text2text on a
+    T5/BART folder, or a new T5 from `model.scratch`), or with `labels` a sequence classifier
+    with a new head of len(labels) classes; 4-bit under QLoRA."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
 
     m = recipe.model
+    if m.scratch is not None:
+        from llmkit.models.build import build_seq2seq
+
+        return build_seq2seq(m.scratch, tokenizer)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype("auto"),
         "attn_implementation": m.attn_implementation,
@@ -245,6 +277,8 @@ def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str
             "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)},
         }
+    elif is_seq2seq(recipe):
+        auto = AutoModelForSeq2SeqLM
     else:
         auto = AutoModelForCausalLM
     with loading("model", recipe.base_model, "model.init"):

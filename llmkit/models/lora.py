@@ -65,8 +65,14 @@ def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lo = recipe.lora
+    if recipe.task == "classification":
+        task_type = "SEQ_CLS"
+    elif getattr(model.config, "is_encoder_decoder", False):
+        task_type = "SEQ_2_SEQ_LM"  # T5's defaults: q and v
+    else:
+        task_type = "CAUSAL_LM"
     config = LoraConfig(
-        task_type="SEQ_CLS" if recipe.task == "classification" else "CAUSAL_LM",
+        task_type=task_type,
         r=lo.r,
         lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
         lora_dropout=lo.dropout,

@@ -89,7 +89,9 @@ def use_chunked_loss(model: Any) -> bool:
     whether it did: models with another loss type (e.g. a masked LM) keep theirs."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     on_cpu = next(base.parameters()).device.type == "cpu"
-    is_causal = getattr(base, "loss_type", None) in (None, "ForCausalLM")
+    is_causal = getattr(base, "loss_type", None) in (None, "ForCausalLM") and not getattr(
+        base.config, "is_encoder_decoder", False
+    )  # T5 has no loss_type either, but its labels are not shifted
     if not (on_cpu and is_causal and hasattr(type(base), "loss_function")):
         return False
     base.loss_function = causal_lm_loss
