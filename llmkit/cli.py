@@ -266,8 +266,8 @@ def pretrain_cmd(req: TrainRequest) -> None:
 
 @command(app, "finetune", "TrainRequest", **TRAINING)
 def finetune_cmd(req: TrainRequest) -> None:
-    """Fine-tune a model (LoRA or full): chat/instruction SFT, classification, text-to-text;
-    default: LoRA on SmolLM2-135M-Instruct with chatterbot Q&A."""
+    """Fine-tune a model (LoRA or full): chat/instruction SFT, classification, text-to-text
+    (decoder-only or T5); default: LoRA on SmolLM2-135M-Instruct with chatterbot Q&A."""
     from llmkit.config.finetune import FinetuneRecipe
 
     recipe = _load(FinetuneRecipe, req)
@@ -305,7 +305,8 @@ def export_cmd(req: ExportRequest) -> None:
 
 @command(app, "generate", "GenerateRequest")
 def generate_cmd(req: GenerateRequest) -> None:
-    """Generate text from a causal LM: one prompt, stdin, or a file of prompts (batched)."""
+    """Generate text with a causal LM or an encoder-decoder (T5): one prompt, stdin, or a file
+    of prompts (batched), prompted as the run was trained."""
     from llmkit.commands.generate import run_generate
 
     run_generate(req)

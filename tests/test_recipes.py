@@ -36,6 +36,7 @@ def test_bare_llmkit_lists_every_command_with_its_whole_summary() -> None:
         "finetune",
         "export",
         "generate",
+        "classify",
         "embed",
         "eval",
         "plot",
