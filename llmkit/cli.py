@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
+from llmkit.flags import ALIAS, merge_aliases, print_version
 
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
@@ -100,14 +101,21 @@ app = typer.Typer(
     name="llmkit",
     help="Train, fine-tune, generate with and evaluate language models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print versions and exit."
+        ),
+    ] = False,
+) -> None:
     """Train, fine-tune, generate with and evaluate language models."""
     # A callback keeps `llmkit` a group: with one eagerly registered command (recipes; the
     # rest are LAZY) typer would otherwise run that command for every invocation.
@@ -140,14 +148,16 @@ def command(
             from llmkit.config import requests
 
             model = getattr(requests, request)
-            params = [
-                _parameter(field_name, field, _flag(model, field_name))
-                for field_name, field in model.model_fields.items()
-                if _flag(model, field_name).cli
+            shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
+            params = [_parameter(k, f, _flag(model, k)) for k, f in shown.items()]
+            params += [
+                _alias(k, i, f, decl)
+                for k, f in shown.items()
+                for i, decl in enumerate(_flag(model, k).aliases)
             ]
 
             def run(**values: Any) -> None:
-                fn(parse(model, values))
+                fn(parse(model, merge_aliases(values)))
 
             run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
             run.__annotations__ = {p.name: p.annotation for p in params}
@@ -195,6 +205,17 @@ def _parameter(name: str, field: Any, flag: Flag) -> inspect.Parameter:
     )
 
 
+def _alias(name: str, index: int, field: Any, decl: str) -> inspect.Parameter:
+    """A hidden option for an old spelling of a renamed flag (listed in CHANGELOG.md)."""
+    option = typer.Option(decl, hidden=True, help=field.description)
+    return inspect.Parameter(
+        f"{name}{ALIAS}{index}",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[_plain(field.annotation) | None, option],
+    )
+
+
 def _plain(annotation: Any) -> Any:
     """The type as typer reads it: no Annotated checks, Literal as str (the model checks them)."""
     origin = get_origin(annotation)
@@ -222,12 +243,20 @@ TRAINING = {"context_settings": {"allow_interspersed_args": True}}
 
 
 @app.command("recipes")
-def recipes_cmd() -> None:
-    """List the shipped recipes, one line each."""
-    from llmkit.config.loader import list_recipes
+def recipes_cmd(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Print this recipe (resolved: `llmkit pretrain NAME --dry-run`)."),
+    ] = None,
+) -> None:
+    """List the shipped recipes, one line each; with a NAME, print that recipe."""
+    from llmkit.config.loader import list_recipes, shipped_recipe
 
-    for name, summary in list_recipes():
-        typer.echo(f"{name:<40} {summary}")
+    if name is not None:
+        typer.echo(shipped_recipe(name).read_text(encoding="utf-8"), nl=False)
+        return
+    for recipe, summary in list_recipes():
+        typer.echo(f"{recipe:<40} {summary}")
 
 
 @command(prep_app, "run", "RecipeRequest", hidden=True)
@@ -336,6 +365,9 @@ def main() -> None:
 
     from typer import _click
 
+    from llmkit.io.quiet import quiet_libraries
+
+    quiet_libraries()
     signal.signal(signal.SIGTERM, _terminated)  # training installs its own, graceful handler
     try:
         code = app(standalone_mode=False)
@@ -344,6 +376,8 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except _click.exceptions.ClickException as e:  # typer's parsing: a bad or missing option
         ctx = getattr(e, "ctx", None)
+        if ctx is not None and ctx.command.hidden and ctx.parent is not None:
+            ctx = ctx.parent  # `llmkit prep --bogus` runs the hidden `prep run`
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

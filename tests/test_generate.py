@@ -315,7 +315,7 @@ def test_cli_bad_jsonl_exits_2_naming_each_line(tmp_path: Path) -> None:
         (["hi", "--top-p", "0"], "error: --top-p: Input should be greater than 0 (got 0.0)"),
         (["hi", "--greedy", "-n", "2"], "num_return_sequences=2 needs sampling or num_beams >= 2"),
         (["hi", "--system", "be brief"], "error: --system needs --chat"),
-        ([], "error: give a PROMPT, '-' to read it from stdin, or --input FILE"),
+        (["--field", "q"], "error: --field and --output go with --input FILE"),
     ],
 )
 def test_cli_bad_usage_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
