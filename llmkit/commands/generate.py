@@ -60,7 +60,7 @@ def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, An
         raise UsageError("--field and --output go with --input FILE")
     if req.prompt is None:  # every command runs with no arguments (README): a demo prompt
         note(f"prompt: {DEFAULT_PROMPT} (the default; give a PROMPT, '-' for stdin, or --input)")
-    prompt = _stdin() if req.prompt == "-" else req.prompt or DEFAULT_PROMPT
+    prompt = _stdin() if req.prompt == "-" else DEFAULT_PROMPT if req.prompt is None else req.prompt
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return [prompt], [{"prompt": prompt}]

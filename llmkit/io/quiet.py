@@ -94,7 +94,9 @@ def quiet_libraries() -> None:
         os.environ.setdefault("TQDM_DISABLE", "1")
     if no_colour():
         for name in ANSI_LOGGERS:
-            logging.getLogger(name).addFilter(_PlainRecords())
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _PlainRecords) for f in logger.filters):  # once a process
+                logger.addFilter(_PlainRecords())
 
 
 class _NoLoadReport(logging.Filter):

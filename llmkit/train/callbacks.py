@@ -39,6 +39,7 @@ class ProgressLines(ProgressCallback):
         self._t0 = time.perf_counter()
         self._last_time = self._t0
         self._last_tokens = 0
+        self._last_eval: tuple[int, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bars:
@@ -70,6 +71,13 @@ class ProgressLines(ProgressCallback):
         # line ("validation perplexity before training: ..."); "step 0/0" would repeat it.
         if line is None or state.max_steps == 0:
             return
+        # The command's final evaluation repeats the last step's when training ended on an
+        # eval step: same step, same loss; one line is enough (the JSONL log keeps both).
+        key = (state.global_step, logs.get("eval_loss"))
+        if "eval_loss" in logs and key == self._last_eval:
+            return
+        if "eval_loss" in logs:
+            self._last_eval = key
         if self.training_bar is not None:
             self.training_bar.write(line)
         else:
