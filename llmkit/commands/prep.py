@@ -29,5 +29,5 @@ def run_tokenizer(req: TokenizerRequest) -> None:
         kind=req.kind,
         vocab_size=req.vocab_size,
         min_frequency=req.min_frequency,
-        text_column=req.text_column,
+        text_column=req.field,
     )

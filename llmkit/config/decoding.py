@@ -165,3 +165,23 @@ def layered(recipe: Path | str | None, options: DecodingConfig) -> DecodingConfi
         return options.over(base)
     except ValidationError as e:  # each part is valid, but the two clash
         raise UsageError(f"decoding options: {e.errors()[0]['msg']}") from None
+
+
+def shell_escapes(text: str) -> str:
+    """`--stop '\\n'` arrives as backslash + n from a shell; users mean a newline."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def checked_template(value: str | None) -> str | None:
+    """A prompt template, unescaped and checked before any model loads."""
+    from llmkit.errors import UsageError
+    from llmkit.models.card import check_template
+
+    if value is None:
+        return None
+    value = shell_escapes(value)
+    try:
+        check_template(value)
+    except UsageError as e:  # pydantic reports ValueErrors with the field's name
+        raise ValueError(e.message) from None
+    return value

@@ -48,19 +48,31 @@ def load_recipe(schema: type[R], path: Path | str | None, overrides: list[str] |
 
 
 def find_recipe(ref: Path | str) -> Path:
-    """A path, or a shipped recipe name such as `pretrain/gpt-shakespeare`."""
+    """A path, or a shipped recipe name such as `pretrain/gpt-shakespeare` (or `gpt-shakespeare`
+    where one shipped recipe has that name)."""
     p = Path(ref)
     if p.is_file():
         return p
-    shipped = RECIPES_DIR / p.with_suffix(".yaml")
-    if shipped.is_file():
-        return shipped
     if p.exists():
         raise UsageError(f"recipe {p} is not a file")
+    return shipped_recipe(str(ref))
+
+
+def shipped_recipe(name: str) -> Path:
+    """The file of a shipped recipe, by its listed name (`pretrain/tiny-cpu`) or, when unique,
+    its last part (`tiny-cpu`); an unknown name is one error naming the closest ones."""
     names = [n for n, _ in list_recipes()]
-    close = difflib.get_close_matches(str(ref), names, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else " (see `llmkit recipes`)"
-    raise UsageError(f"recipe {ref} not found{hint}")
+    key = name.removesuffix(".yaml")
+    by_stem = [n for n in names if n.rsplit("/", 1)[-1] == key]
+    if key in names or len(by_stem) == 1:
+        return RECIPES_DIR / f"{key if key in names else by_stem[0]}.yaml"
+    starts = [n for n in names if n.startswith(key) or n.rsplit("/", 1)[-1].startswith(key)]
+    close = by_stem or starts[:3] or difflib.get_close_matches(key, names, n=1)
+    if not close:  # a misspelt last part: `tiny-cpo` is far from `pretrain/tiny-cpu` as a whole
+        stems = {n.rsplit("/", 1)[-1]: n for n in names}
+        close = [stems[s] for s in difflib.get_close_matches(key, list(stems), n=1)]
+    hint = f"did you mean {' or '.join(close)}?" if close else "see `llmkit recipes`"
+    raise UsageError(f"recipe {name} not found ({hint})")
 
 
 def list_recipes() -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig
+from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig, checked_template, shell_escapes
 from llmkit.config.recipe import MAX_SEED, RunName
 
 
@@ -26,33 +26,21 @@ class Flag:
     panel: str | None = None  # the help panel it is listed under
     argument: bool = False  # positional
     cli: bool = True  # False: not an option (Python callers and tests set it)
+    aliases: tuple[str, ...] = ()  # old spellings: still accepted, not shown (CHANGELOG)
 
 
-def flag(*decls: str, panel: str | None = None) -> Flag:
-    return Flag(tuple(decls), panel)
+def flag(*decls: str, panel: str | None = None, aliases: tuple[str, ...] = ()) -> Flag:
+    return Flag(tuple(decls), panel, aliases=aliases)
 
 
 ARGUMENT = Flag(argument=True)
 
 
-def shell_escapes(text: str) -> str:
-    """`--stop '\\n'` arrives as backslash + n from a shell; users mean a newline."""
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def checked_template(value: str | None) -> str | None:
-    """A prompt template, unescaped and checked before any model loads."""
-    from llmkit.errors import UsageError
-    from llmkit.models.card import check_template
-
-    if value is None:
-        return None
-    value = shell_escapes(value)
-    try:
-        check_template(value)
-    except UsageError as e:  # pydantic reports ValueErrors with the field's name
-        raise ValueError(e.message) from None
-    return value
+# One default for every --batch-size (generate, eval, embed; generate's used to be 8):
+# a CPU decode step reads all weights (540 MB for SmolLM2) whatever the batch, so 2 batches
+# of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s). Greedy answers are identical at
+# any batch size (checked at 8, 32 and 64); sampled ones with --seed follow the batches.
+BATCH_SIZE = 32
 
 
 class Request(BaseModel):
@@ -111,7 +99,11 @@ class TrainRequest(RecipeRequest):
 class TokenizerRequest(Request):
     """`llmkit prep tokenizer`."""
 
-    FLAGS: ClassVar[dict[str, Flag]] = {"sources": ARGUMENT, "output": flag("--output", "-o")}
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        "sources": ARGUMENT,
+        "output": flag("--output", "-o"),
+        "field": flag("--field", aliases=("--text-column",)),
+    }
 
     sources: list[str] = Field(description="Text files, globs or folders.")
     output: Path = Field(description="Folder for the tokenizer (new or empty).")
@@ -120,7 +112,7 @@ class TokenizerRequest(Request):
     )
     vocab_size: int = Field(8000, ge=64, description="Vocabulary size.")
     min_frequency: int = Field(2, ge=1, description="Drop merges seen fewer times.")
-    text_column: str = Field("text", description="Column for .jsonl/.csv sources.")
+    field: str = Field("text", description="JSONL/CSV field holding the text.")
 
 
 class ExportRequest(Request):
@@ -128,7 +120,11 @@ class ExportRequest(Request):
 
     FLAGS: ClassVar[dict[str, Flag]] = {"run": ARGUMENT, "output": flag("--output", "-o")}
 
-    run: Path = Field(description="Run or adapter folder from `llmkit finetune`.")
+    run: Path | None = Field(
+        None,
+        description="Run or adapter folder from `llmkit finetune` (default: the latest run, "
+        "runs/LATEST).",
+    )
     output: Path | None = Field(None, description="Folder (default: RUN-merged).")
     push_to_hub: str | None = Field(
         None, description="Also upload to this hub repo (needs a reachable hub)."
@@ -156,7 +152,9 @@ class GenerateRequest(DecodingConfig, Request):
         "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
     }
 
-    prompt: str | None = Field(None, description="Text to continue; '-' reads it from stdin.")
+    prompt: str | None = Field(
+        None, description="Text to continue; '-' reads it from stdin (default: Once upon a time)."
+    )
     model: str | None = Field(
         None,
         description="Run folder, HF folder, LoRA adapter folder or hub name "
@@ -181,7 +179,7 @@ class GenerateRequest(DecodingConfig, Request):
     input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
     output: Path | None = Field(None, description="JSONL results (default: stdout).")
     field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
-    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="Prompts per generate call.")
     json_: bool = Field(False, description="Print JSON on stdout.")
     resume: bool = Field(
         False, description="Continue an interrupted --input/--output job after its last batch."
@@ -226,7 +224,7 @@ class ClassifyRequest(Request):
     input: Path | None = Field(None, description="Texts file: .txt (one per line) or .jsonl.")
     output: Path | None = Field(None, description="JSONL results (default: stdout).")
     field: str | None = Field(None, description="JSONL field holding the text (default: text).")
-    batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="Texts per forward pass.")
     json_: bool = Field(False, description="Print JSON on stdout.")
     overwrite: bool = Field(False, description="Replace an existing --output file.")
     runs_root: Path = Field(Path("runs"), description="Where runs live.")
@@ -245,7 +243,7 @@ class EmbedRequest(Request):
     output: Path = Field(description="out.npy (float32, n x dim) or out.jsonl.")
     model: str = Field("embedded:minilm", description="BERT-family encoder folder.")
     field: str | None = Field(None, description="JSONL field (default: text).")
-    batch_size: int = Field(32, ge=1, description="Texts per forward pass.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="Texts per forward pass.")
     overwrite: bool = Field(False, description="Replace an existing --output file.")
 
 
@@ -313,10 +311,7 @@ class EvalRequest(Request):
     max_new_tokens: int | None = Field(
         None, ge=1, le=MAX_NEW_TOKENS, description="Greedy answer length (default 64; suite 32)."
     )
-    # 32, not generate's 8: a CPU decode step reads all weights (540 MB for SmolLM2) whatever
-    # the batch, so 2 batches of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s).
-    # The answers are identical at any batch size (greedy, checked at 8, 32 and 64).
-    batch_size: int = Field(32, ge=1, description="Prompts per generate call.")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="Prompts per generate call.")
     chat: bool | None = Field(
         None,
         description="Wrap inputs in the chat template (default: as the run was trained; "

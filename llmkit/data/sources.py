@@ -39,12 +39,15 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
     out: list[str] = []
     for src in sources:
         if assets.is_embedded(src):
+            corpora = {
+                "shakespeare": assets.shakespeare_files,
+                "shakespeare-excerpt": assets.shakespeare_excerpt_files,
+            }
             name = assets.embedded_name(src)
-            if name != "shakespeare":
-                raise UsageError(
-                    f"data.sources: unknown embedded corpus '{src}' (valid: embedded:shakespeare)"
-                )
-            out += [str(p) for p in assets.shakespeare_files()]
+            if name not in corpora:
+                valid = ", ".join(assets.EMBEDDED_PREFIX + n for n in corpora)
+                raise UsageError(f"data.sources: unknown embedded corpus '{src}' (valid: {valid})")
+            out += [str(p) for p in corpora[name]()]
         elif src.startswith(HUB_PREFIX):
             out.append(src)
         elif Path(src).is_dir():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmkit.errors import UsageError
+from llmkit.io.quiet import plain_output
 
 TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
 EOS = "<|endoftext|>"
@@ -67,6 +68,8 @@ def build_trained_tokenizer(
         )
     else:
         raise UsageError(f"tokenizer kind '{kind}' is not one of bpe, wordpiece, unigram")
+    # Its Rust progress bar leaves three blank lines in a pipe or a log.
+    trainer.show_progress = not plain_output()
     tok.train_from_iterator(texts, trainer=trainer)
     if masked:
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

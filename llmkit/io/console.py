@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from llmkit.io.quiet import plain_output
+
 
 def note(message: str) -> None:
     """One status line on stderr, flushed at once (a long job's log must show where it is)."""
@@ -26,7 +28,7 @@ class ProgressBar:
         self.progress: Any = None
         self.tokens = 0
         self.started = time.perf_counter()
-        if enabled and sys.stderr.isatty():
+        if enabled and not plain_output():
             from rich.console import Console
             from rich.progress import (
                 BarColumn,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmkit import assets
 from llmkit.errors import Fix, UsageError
+from llmkit.io.console import note
 from llmkit.io.files import read_json_object
 
 if TYPE_CHECKING:
@@ -281,8 +282,17 @@ def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str
         auto = AutoModelForSeq2SeqLM
     else:
         auto = AutoModelForCausalLM
-    with loading("model", recipe.base_model, "model.init"):
-        model = auto.from_pretrained(resolve_ref(recipe.base_model), **kwargs)
+    if labels is None:
+        with loading("model", recipe.base_model, "model.init"):
+            model = auto.from_pretrained(resolve_ref(recipe.base_model), **kwargs)
+    else:
+        from llmkit.io.quiet import without_load_report
+
+        with loading("model", recipe.base_model, "model.init"), without_load_report():
+            model, info = auto.from_pretrained(
+                resolve_ref(recipe.base_model), output_loading_info=True, **kwargs
+            )
+        note(describe_new_head(info, len(labels)))
     check_vocab(model, tokenizer, "model.init")
     if labels is None:
         # Packed rows need it off (llmkit.data.collate.pack_batch); no training step reuses a cache.
@@ -292,6 +302,24 @@ def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str
 
         model = prepare_model_for_kbit_training(model)
     return model
+
+
+HEADS = ("classifier", "score")  # the classification head's module in BERT / GPT-2 and Llama
+
+
+def describe_new_head(info: dict[str, Any], n_labels: int) -> str:
+    """One line for what transformers' load report said in a table: the new head (expected),
+    and any other weight the checkpoint lacked or carried unused (worth a look)."""
+    missing = sorted(info.get("missing_keys") or [])
+    head = [k for k in missing if k.split(".")[0] in HEADS]
+    line = f"new classification head ({n_labels} labels): {', '.join(head) or 'none'}"
+    others = [k for k in missing if k not in head]
+    if others:
+        line += f"; also initialised randomly (not in the checkpoint): {', '.join(others)}"
+    unused = sorted(info.get("unexpected_keys") or [])
+    if unused:
+        line += f"; unused checkpoint weights: {', '.join(unused)}"
+    return line
 
 
 def load_encoder(ref: str = DEFAULT_ENCODER) -> tuple[Any, Any, int]:

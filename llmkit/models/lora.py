@@ -7,12 +7,12 @@ peft, no extra matmuls at inference.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import UsageError
 from llmkit.io.files import read_json_object
+from llmkit.io.quiet import harmless_warnings_ignored
 from llmkit.models.load import loading, resolve_ref
 
 if TYPE_CHECKING:
@@ -80,9 +80,7 @@ def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
         # GPT-2's Conv1D stores weights transposed (in x out); peft needs telling.
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
-    with warnings.catch_warnings():
-        # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`: not ours to fix.
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+    with harmless_warnings_ignored():  # peft 0.21 reads a deprecated attribute (io.quiet)
         return get_peft_model(model, config)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
+
+from llmkit.io.quiet import plain_output
 
 
 def perplexity(loss: float) -> float:
@@ -26,28 +27,41 @@ def perplexity(loss: float) -> float:
 
 class ProgressLines(ProgressCallback):
     """The stock tqdm bar, but with one formatted line per log instead of a raw dict.
-    `show_ppl=False` for classifiers, whose loss is not a per-token language-model loss."""
+    `show_ppl=False` for classifiers, whose loss is not a per-token language-model loss.
 
-    def __init__(self, *, show_ppl: bool = True) -> None:
+    Bars only on a terminal (`bars`, default: stderr is one): in a
+    pipe or a log file a bar is carriage returns and cursor-up escapes around every line,
+    so there the log lines, one per `train.log_every` steps, are the progress."""
+
+    def __init__(self, *, show_ppl: bool = True, bars: bool | None = None) -> None:
         super().__init__()
         self.show_ppl = show_ppl
+        self.bars = not plain_output() if bars is None else bars
         self._t0 = time.perf_counter()
         self._last_time = self._t0
         self._last_tokens = 0
+        self._last_eval: tuple[int, Any] | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        super().on_train_begin(args, state, control, **kwargs)
+        if self.bars:
+            super().on_train_begin(args, state, control, **kwargs)
+        self.current_step = 0
         self._t0 = self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen
 
     def on_prediction_step(
         self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any
     ) -> None:
-        # A second bar under the training bar moves the cursor up ("\x1b[A"): useful on a
-        # terminal, "[A" litter in a piped or CI log.
-        if self.training_bar is not None and not sys.stderr.isatty():
-            return
-        super().on_prediction_step(args, state, control, eval_dataloader, **kwargs)
+        if self.bars:
+            super().on_prediction_step(args, state, control, eval_dataloader, **kwargs)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.training_bar is not None:
+            super().on_step_end(args, state, control, **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
@@ -58,6 +72,13 @@ class ProgressLines(ProgressCallback):
         # line ("validation perplexity before training: ..."); "step 0/0" would repeat it.
         if line is None or state.max_steps == 0:
             return
+        # The command's final evaluation repeats the last step's when training ended on an
+        # eval step: same step, same loss; one line is enough (the JSONL log keeps both).
+        key = (state.global_step, logs.get("eval_loss"))
+        if "eval_loss" in logs and key == self._last_eval:
+            return
+        if "eval_loss" in logs:
+            self._last_eval = key
         if self.training_bar is not None:
             self.training_bar.write(line)
         else:

@@ -14,6 +14,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llmkit.config.recipe import TrainConfig
 from llmkit.errors import UsageError
+from llmkit.io.quiet import tied_weights_not_missing
 from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import MetricsJsonl, ProgressLines, RunTensorBoard
 from llmkit.train.checkpoints import (
@@ -87,7 +88,8 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
     stop.install()
     try:
-        out = trainer.train(resume_from_checkpoint=checkpoint)
+        with tied_weights_not_missing(trainer.model):
+            out = trainer.train(resume_from_checkpoint=checkpoint)
     except RuntimeError as e:
         if checkpoint is None or "state_dict" not in str(e):
             raise

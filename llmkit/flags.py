@@ -1,0 +1,97 @@
+"""Command-line pieces that need no command: `--version`, a request field as a typer option,
+and old spellings of renamed flags (hidden aliases, listed in CHANGELOG.md). Cheap to import:
+`llmkit --help` loads it."""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+
+import typer
+
+if TYPE_CHECKING:
+    from llmkit.config.requests import Flag
+
+ALIAS = "__alias"  # the parameter `field__alias0` carries the old spelling of `--field`
+
+
+def print_version(value: bool) -> None:
+    """`llmkit X.Y.Z` and the versions that decide behaviour, read from package metadata
+    (importing torch to ask it would take seconds)."""
+    if not value:
+        return
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from llmkit import __version__
+
+    parts = []
+    for name in ("torch", "transformers", "peft"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} missing")
+    typer.echo(f"llmkit {__version__} ({', '.join(parts)}, python {platform.python_version()})")
+    raise typer.Exit()
+
+
+def merge_aliases(values: dict[str, Any]) -> dict[str, Any]:
+    """Option values with each old spelling's value moved onto its field (the new spelling
+    wins when both are given)."""
+    out = {k: v for k, v in values.items() if ALIAS not in k}
+    for key, value in values.items():
+        name = key.split(ALIAS)[0]
+        if ALIAS in key and value is not None and name not in explicit(out):
+            out[name] = value
+    return out
+
+
+def explicit(values: dict[str, Any]) -> set[str]:
+    """Names whose option the user typed (click records how each value was set)."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return set(values)
+    typed = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return {k for k in values if ctx.get_parameter_source(k) in typed}
+
+
+def parameter(name: str, field: Any, flag: Flag) -> inspect.Parameter:
+    """A typer option (or argument) for a request field: its type, default and help."""
+    info = {"help": field.description, "rich_help_panel": flag.panel}
+    option = typer.Argument(**info) if flag.argument else typer.Option(*flag.decls, **info)
+    annotation = plain(field.annotation)
+    default = inspect.Parameter.empty if field.is_required() else field.get_default()
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[annotation, option],
+    )
+
+
+def alias_parameter(name: str, index: int, field: Any, decl: str) -> inspect.Parameter:
+    """A hidden option for an old spelling of a renamed flag (listed in CHANGELOG.md)."""
+    option = typer.Option(decl, hidden=True, help=field.description)
+    return inspect.Parameter(
+        f"{name}{ALIAS}{index}",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[plain(field.annotation) | None, option],
+    )
+
+
+def plain(annotation: Any) -> Any:
+    """The type as typer reads it: no Annotated checks, Literal as str (the model checks them)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return str
+    if origin is Annotated:
+        return plain(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        args = tuple(plain(a) for a in get_args(annotation))
+        return Union[args]  # noqa: UP007  # built from a tuple
+    return annotation
