@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
-from llmkit.flags import alias_parameter, merge_aliases, parameter, print_version
+from llmkit.flags import Flag, alias_parameter, merge_aliases, parameter, print_version
 
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
         EmbedRequest,
         EvalRequest,
         ExportRequest,
-        Flag,
         GenerateRequest,
         PlotRequest,
         RecipeRequest,
@@ -188,8 +187,6 @@ def parse(request: type[R], values: dict[str, Any]) -> R:
 
 
 def _flag(request: type[Request], name: str) -> Flag:
-    from llmkit.config.requests import Flag
-
     return request.FLAGS.get(name, Flag())
 
 

@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import inspect
 import types
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 
-if TYPE_CHECKING:
-    from llmkit.config.requests import Flag
+
+@dataclass(frozen=True)
+class Flag:
+    """How a request field appears on the command line."""
+
+    decls: tuple[str, ...] = ()  # e.g. ("--model", "-m"), ("--sample/--greedy",); default --name
+    panel: str | None = None  # the help panel it is listed under
+    argument: bool = False  # positional
+    cli: bool = True  # False: not an option (Python callers and tests set it)
+    aliases: tuple[str, ...] = ()  # old spellings: still accepted, not shown (CHANGELOG)
+
+
+def flag(*decls: str, panel: str | None = None, aliases: tuple[str, ...] = ()) -> Flag:
+    return Flag(tuple(decls), panel, aliases=aliases)
+
+
+ARGUMENT = Flag(argument=True)
+
 
 ALIAS = "__alias"  # the parameter `field__alias0` carries the old spelling of `--field`
 

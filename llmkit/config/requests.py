@@ -8,7 +8,6 @@ the ones that differ (positional arguments, short names, on/off pairs, help pane
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,25 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig, checked_template, shell_escapes
 from llmkit.config.recipe import MAX_SEED, RunName
-
-
-@dataclass(frozen=True)
-class Flag:
-    """How a request field appears on the command line."""
-
-    decls: tuple[str, ...] = ()  # e.g. ("--model", "-m"), ("--sample/--greedy",); default --name
-    panel: str | None = None  # the help panel it is listed under
-    argument: bool = False  # positional
-    cli: bool = True  # False: not an option (Python callers and tests set it)
-    aliases: tuple[str, ...] = ()  # old spellings: still accepted, not shown (CHANGELOG)
-
-
-def flag(*decls: str, panel: str | None = None, aliases: tuple[str, ...] = ()) -> Flag:
-    return Flag(tuple(decls), panel, aliases=aliases)
-
-
-ARGUMENT = Flag(argument=True)
-
+from llmkit.flags import ARGUMENT, Flag, flag
 
 # One default for every --batch-size (generate, eval, embed; generate's used to be 8):
 # a CPU decode step reads all weights (540 MB for SmolLM2) whatever the batch, so 2 batches
