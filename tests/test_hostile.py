@@ -92,11 +92,12 @@ def test_a_run_that_stopped_before_training_does_not_block_its_rerun(work: Path)
     bad = run_cli("pretrain", TINY, "--set", "data.sources=[nope.txt]", cwd=work)
     assert bad.returncode == 2
     run = RunDir(work / "runs" / "tiny-cpu")
+    assert not run.path.exists()  # the folder is made only once the inputs have loaded
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / MARKER).write_text('{"kind": "run"}')
-    (run.path / "recipe.yaml").write_text("name: tiny-cpu\n")  # what an interrupted start leaves
+    (run.path / "recipe.yaml").write_text("name: tiny-cpu\n")  # what an older start left
     run.check(resume=False, overwrite=False)  # no "already holds a run"
-    with pytest.raises(UsageError, match="no checkpoint-"):
+    with pytest.raises(UsageError, match="never reached a checkpoint"):
         run.check(resume=True, overwrite=False)
 
 
