@@ -188,3 +188,20 @@ def test_finetune_keeps_the_best_checkpoint_evaluated_once_and_resume_does_nothi
     assert done.value.code == 0
     assert str(done.value.message).endswith("already finished at step 4 (max_steps 4)")
     assert _files(run) == before
+
+
+def test_a_run_measured_in_epochs_ends_and_resumes_by_epochs(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "tests" / "data", tmp_path / "tests" / "data")
+    args = ["pretrain", TINY, "--set", "train.max_steps=-1", "--set", "train.epochs=0.5"]
+    args += ["--set", "train.eval_every=null", "--set", "train.save_every=5"]
+    out = run_cli(*args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = tmp_path / "runs" / "tiny-cpu"
+    metrics = json.loads((run / "metrics.json").read_text())
+    steps = metrics["steps"]
+    assert metrics["stop_reason"] == f"finished 0.5 epochs ({steps} steps)"
+    assert metrics["epochs"] == 0.5 and _state_step(run / f"checkpoint-{steps}") == steps
+    assert _evals_at(run, steps) == 1  # no evaluation while training: one after it
+    again = run_cli(*args, "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"already finished at step {steps} (epochs 0.5): nothing to do" in again.stdout

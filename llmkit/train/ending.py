@@ -50,6 +50,11 @@ def check_finished(run: RunDir, train: TrainConfig) -> None:
         raise AlreadyFinished(
             f"{run.path} already finished at step {step} ({reason}): nothing to do"
         )
+    if train.max_steps <= 0:
+        raise AlreadyFinished(
+            f"{run.path} already finished at step {step} (epochs {train.epochs:g}): nothing to "
+            "do; raise train.epochs to train further"
+        )
     raise AlreadyFinished(
         f"{run.path} already finished at step {step} (max_steps {goal})", fix=Fix.RAISE_MAX_STEPS
     )
