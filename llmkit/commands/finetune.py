@@ -155,16 +155,13 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     out = fit(trainer, job.run, resume=job.resume)
     end = ending(trainer)  # the kept weights' evaluation, run once
     job.last_eval = end.evaluation
-    metrics |= (
-        _scores(job.last_eval)
-        | end.metrics()
-        | {
-            "train_loss": out.training_loss,
-            "steps": trainer.state.global_step,
-            "train_seconds": round(time.perf_counter() - t0, 1),
-            "tokens_seen": trainer.state.num_input_tokens_seen,
-        }
-    )
+    metrics |= end.metrics()
+    metrics |= _scores(job.last_eval) | {
+        "train_loss": out.training_loss,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+    }
     if data.labels is not None:
         metrics["majority_baseline_accuracy"] = majority_baseline(
             [int(r["labels"]) for r in data.validation]
