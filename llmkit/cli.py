@@ -10,6 +10,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from llmkit.errors import EXIT_USAGE, Fix, Interrupted, UsageError
+from llmkit.errors import EXIT_USAGE, AlreadyFinished, Fix, Interrupted, UsageError
 from llmkit.flags import Flag, alias_parameter, merge_aliases, parameter, print_version
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ FIX_WORDING = {
     Fix.RESUME: "--resume: {message}",
     Fix.OVERWRITE: "{message}: pass --overwrite to replace it",
     Fix.RESUME_PARTIAL: "{message}: pass --resume to continue it, or delete it to start over",
+    Fix.RESTART: "{message}: run the same command without --resume to start it again",
+    Fix.RAISE_MAX_STEPS: "{message}: nothing to do; raise --max-steps to train further",
     Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
     "true) if you trust it",
 }
@@ -246,6 +249,8 @@ def pretrain_cmd(req: TrainRequest) -> None:
     from llmkit.config.pretrain import PretrainRecipe
 
     recipe = _load(PretrainRecipe, req)
+    if recipe is not None and req.resume:
+        _stop_if_finished(recipe)
     if recipe is not None and not _launched(recipe.train.devices):
         from llmkit.commands.pretrain import run_pretrain
 
@@ -259,6 +264,8 @@ def finetune_cmd(req: TrainRequest) -> None:
     from llmkit.config.finetune import FinetuneRecipe
 
     recipe = _load(FinetuneRecipe, req)
+    if recipe is not None and req.resume:
+        _stop_if_finished(recipe)
     if recipe is not None and not _launched(recipe.train.devices):
         from llmkit.commands.finetune import run_finetune
 
@@ -274,6 +281,15 @@ def _load(schema: type[RB], req: RecipeRequest) -> RB | None:
         typer.echo(recipe.to_yaml())
         return None
     return recipe
+
+
+def _stop_if_finished(recipe: Any) -> None:
+    """`--resume` of a run that already finished: one line and exit 0 within a second,
+    before torch loads or workers launch (raises `AlreadyFinished`)."""
+    from llmkit.io.runs import RunDir
+    from llmkit.train.ending import check_finished
+
+    check_finished(RunDir(recipe.output_dir), recipe.train)
 
 
 def _launched(devices: int) -> bool:
@@ -360,6 +376,10 @@ def main() -> None:
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except AlreadyFinished as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(e.render(FIX_WORDING))
+        sys.exit(0)
     except Interrupted as e:
         if e.main:
             print("continue with the same command and --resume", file=sys.stderr)

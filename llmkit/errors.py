@@ -24,6 +24,8 @@ class Fix(Enum):
     RESUME = "resume: {message}"
     OVERWRITE = "{message}: replace it only with overwrite=True"
     RESUME_PARTIAL = "{message}: resume it (resume=True), or delete it to start over"
+    RESTART = "{message}: start it again without resume=True"
+    RAISE_MAX_STEPS = "{message}: nothing to do; raise train.max_steps to train further"
     TRUST_REMOTE_CODE = (
         "{message}: set model.trust_remote_code (trust_remote_code=True) if you trust it"
     )
@@ -50,6 +52,21 @@ class UsageError(Exception):
         lines = [f"error: {len(self.problems)} problems:"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+class AlreadyFinished(SystemExit):
+    """`resume` of a run that already reached its end: nothing was done or touched, exit 0.
+    `message` says at which step and why; the CLI prints it (worded with `fix`)."""
+
+    def __init__(self, message: str, *, fix: Fix | None = None) -> None:
+        super().__init__(0)
+        self.message = message
+        self.fix = fix
+
+    def render(self, wording: dict[Fix, str] | None = None) -> str:
+        if self.fix is None:
+            return self.message
+        return (wording or {}).get(self.fix, self.fix.value).format(message=self.message)
 
 
 class Interrupted(SystemExit):

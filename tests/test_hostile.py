@@ -92,11 +92,12 @@ def test_a_run_that_stopped_before_training_does_not_block_its_rerun(work: Path)
     bad = run_cli("pretrain", TINY, "--set", "data.sources=[nope.txt]", cwd=work)
     assert bad.returncode == 2
     run = RunDir(work / "runs" / "tiny-cpu")
+    assert not run.path.exists()  # the folder is made only once the inputs have loaded
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / MARKER).write_text('{"kind": "run"}')
-    (run.path / "recipe.yaml").write_text("name: tiny-cpu\n")  # what an interrupted start leaves
+    (run.path / "recipe.yaml").write_text("name: tiny-cpu\n")  # what an older start left
     run.check(resume=False, overwrite=False)  # no "already holds a run"
-    with pytest.raises(UsageError, match="no checkpoint-"):
+    with pytest.raises(UsageError, match="never reached a checkpoint"):
         run.check(resume=True, overwrite=False)
 
 
@@ -141,13 +142,16 @@ def test_ctrl_c_during_prep_exits_promptly_and_leaves_nothing_in_the_way(
     work: Path, tmp_path: Path
 ) -> None:
     env = {**os.environ, "LLMKIT_PREP_CACHE": str(tmp_path / "fresh-cache")}
+    # A tokenizer trained on the corpus is cached before the corpus is tokenized: the sign
+    # that prep is under way (the run folder is made only after prep).
+    args = ["pretrain", "--max-steps", "1", "--set", "tokenizer.source=train"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmkit", "pretrain", "--max-steps", "1"],
+        [sys.executable, "-m", "llmkit", *args],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    recipe = work / "runs" / "gpt-shakespeare" / "recipe.yaml"
-    deadline = time.monotonic() + 120
-    while not recipe.exists() and time.monotonic() < deadline:  # written just before prep
+    trained = tmp_path / "fresh-cache" / "tokenizers"
+    deadline = time.monotonic() + 180
+    while not any(trained.glob("*/tokenizer_config.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # into tokenizing 5 MB of Shakespeare (~4 s on 2 cores)
     sent = time.monotonic()
@@ -157,7 +161,7 @@ def test_ctrl_c_during_prep_exits_promptly_and_leaves_nothing_in_the_way(
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert waited < 5, f"exited {waited:.1f} s after Ctrl-C"
-    RunDir(recipe.parent).check(resume=False, overwrite=False)  # the re-run is not blocked
+    assert not (work / "runs" / "gpt-shakespeare").exists()  # nothing in the way
 
 
 def test_sigterm_outside_training_exits_143_with_a_message(work: Path) -> None:

@@ -68,12 +68,15 @@ def setup(
     )
     from llmkit.models.lora import apply_lora, describe_model
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer, generation_eval_trainer
 
     check_qlora(recipe)  # before anything slow: a missing GPU is known up front
     run = RunDir(recipe.output_dir)
     run.check(resume=resume, overwrite=overwrite)
     t = recipe.train
+    if resume:
+        check_finished(run, t)  # "already finished at step N": exit 0 before any loading
     metric = recipe.eval.metric_for_best_model.removeprefix("eval_")
     load_best = t.eval_every is not None
     args = training_arguments(
@@ -88,9 +91,7 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
-    with args.main_process_first(desc="run folder and data"):
-        if main:
-            run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
+    with args.main_process_first(desc="data"):
         tokenizer = load_tokenizer(
             recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code
         )
@@ -114,6 +115,9 @@ def setup(
                 f"on greedy answers to {len(data.eval_pairs):,} of them (<= "
                 f"{recipe.eval.max_new_tokens} tokens, stop at {recipe.eval.stop or 'EOS'})"
             )
+    with args.main_process_first(desc="run folder"):  # made once the inputs have loaded
+        if main:
+            run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
     trainer = build_trainer(
         model,
         tokenizer,
@@ -138,6 +142,7 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     one held-out prompt."""
     from llmkit.evaluation.classes import majority_baseline
     from llmkit.inference.generate import sample_answer
+    from llmkit.train.ending import ending
     from llmkit.train.trainer import fit
 
     trainer, data = job.trainer, job.data
@@ -149,7 +154,9 @@ def train(job: FinetuneJob) -> dict[str, Any]:
             print(f"before training: {eval_summary(before, show_ppl=False)}")
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
-    job.last_eval = trainer.evaluate()
+    end = ending(trainer)  # the kept weights' evaluation, run once
+    job.last_eval = end.evaluation
+    metrics |= end.metrics()
     metrics |= _scores(job.last_eval) | {
         "train_loss": out.training_loss,
         "steps": trainer.state.global_step,
@@ -176,6 +183,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     from llmkit.data.finetune import task_card
     from llmkit.models.card import write_card
     from llmkit.train.checkpoints import save_final_model
+    from llmkit.train.ending import summary
 
     save_final_model(job.trainer, run, generation_config=recipe.task != "classification")
     if not job.main:
@@ -189,6 +197,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
         f"after {metrics['steps']} steps ({metrics['train_seconds']:.0f}s): "
         f"{eval_summary(job.last_eval, show_ppl=False)}"
     )
+    print(summary(metrics))
     if "majority_baseline_accuracy" in metrics:
         print(f"majority-class baseline accuracy: {metrics['majority_baseline_accuracy']:.3f}")
     if job.data.sample_prompt is not None:
@@ -203,7 +212,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
 
 def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
     """eval_* numbers from an evaluate() dict, named without the prefix; loss gets perplexity."""
-    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch", "perplexity")
     out = {
         k.removeprefix("eval_"): v
         for k, v in metrics.items()

@@ -49,11 +49,14 @@ def setup(
     from llmkit.data.prep import load_tokenizer_for, prepare
     from llmkit.models.build import build_model
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer
 
     run = RunDir(recipe.output_dir)
     run.check(resume=resume, overwrite=overwrite)  # every rank agrees before anything is written
     t = recipe.train
+    if resume:
+        check_finished(run, t)  # "already finished at step N": exit 0 before any loading
     args = training_arguments(
         t,
         run.path,
@@ -63,9 +66,7 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
-    with args.main_process_first(desc="run folder and data prep"):
-        if main:
-            run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
+    with args.main_process_first(desc="data prep"):
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
 
@@ -84,12 +85,19 @@ def setup(
             f"{blocks * recipe.data.block_size:,} tokens/step"
         )
     datasets = pretraining_datasets(recipe, data, tokenizer)
+    # The run folder is made once its inputs (tokenizer, data, model) have loaded: bad data
+    # leaves no folder behind.
+    with args.main_process_first(desc="run folder"):
+        if main:
+            run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
     trainer = build_trainer(model, tokenizer, args, run, t, datasets, callbacks=callbacks)
     return PretrainJob(recipe, run, trainer, resume, main)
 
 
 def train(job: PretrainJob) -> dict[str, Any]:
-    """Validation loss before (or, resuming, as first logged), training, validation after."""
+    """Validation loss before (or, resuming, as first logged), training, and the kept
+    weights' validation loss (evaluated once: see llmkit.train.ending)."""
+    from llmkit.train.ending import ending
     from llmkit.train.trainer import fit
 
     trainer, t = job.trainer, job.recipe.train
@@ -108,21 +116,27 @@ def train(job: PretrainJob) -> dict[str, Any]:
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
-    after = trainer.evaluate()["eval_loss"]
-    return metrics | {
-        "train_loss": out.training_loss,
-        "steps": trainer.state.global_step,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "eval_loss": after,
-        "eval_perplexity": perplexity(after),
-    }
+    end = ending(trainer)
+    after = end.evaluation["eval_loss"]
+    return (
+        metrics
+        | end.metrics()
+        | {
+            "train_loss": out.training_loss,
+            "steps": trainer.state.global_step,
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "eval_loss": after,
+            "eval_perplexity": perplexity(after),
+        }
+    )
 
 
 def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     """The final model (safetensors + tokenizer) at the run root, metrics.json, LATEST."""
     from llmkit.models.card import TaskCard, write_card
     from llmkit.train.checkpoints import save_final_model
+    from llmkit.train.ending import summary
 
     run, causal = job.run, job.recipe.task == "causal_lm"
     save_final_model(job.trainer, run, generation_config=causal)
@@ -143,6 +157,7 @@ def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
             f"validation perplexity after {metrics['steps']} steps: "
             f"{metrics['eval_perplexity']:,.1f}"
         )
+    print(summary(metrics))
     print(f"saved model to {run.path}")
     if causal:
         print(f'try it: llmkit generate --model {run.path} "ROMEO:"')

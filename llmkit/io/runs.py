@@ -66,6 +66,21 @@ class RunDir:
         """A full model (config.json) or a LoRA adapter (adapter_config.json) at the root."""
         return any((self.path / f).exists() for f in ("config.json", "adapter_config.json"))
 
+    def finished(self) -> dict[str, Any] | None:
+        """metrics.json of a run that finished: its final model saved and no checkpoint
+        newer than the step it ended at (None otherwise, or when metrics.json is unreadable)."""
+        if not (self.has_final_model() and self.metrics_json.is_file()):
+            return None
+        try:
+            metrics = json.loads(self.metrics_json.read_text())
+            steps = int(metrics["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        newest = self.checkpoints()[-1:]
+        if newest and int(newest[0].name.rsplit("-", 1)[-1]) > steps:
+            return None  # trained on after the final save (a resume that was interrupted)
+        return metrics if isinstance(metrics, dict) else None
+
     def checkpoints(self) -> list[Path]:
         """Checkpoint folders, oldest first (by step number)."""
         if not self.path.is_dir():
@@ -82,11 +97,17 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"output dir {self.path} exists and is not a folder")
         if resume:
-            if not self.checkpoints():
+            if self.checkpoints() or self.finished() is not None:
+                return  # a finished run is told "nothing to do" by the command
+            if self.path.is_dir() and owner_kind(self.path) == RUN:
+                # A failed start (bad data, Ctrl-C before the first checkpoint).
                 raise UsageError(
-                    f"no checkpoint-* folder in {self.path} to resume from", fix=Fix.RESUME
+                    f"{self.path} never reached a checkpoint, so there is nothing to resume",
+                    fix=Fix.RESTART,
                 )
-            return
+            raise UsageError(
+                f"no checkpoint-* folder in {self.path} to resume from", fix=Fix.RESUME
+            )
         if self.holds_run():
             if not overwrite:
                 raise UsageError(

@@ -6,14 +6,16 @@ they set up the process group, which data prep needs for `main_process_first`.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import EarlyStoppingCallback, Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llmkit.config.recipe import TrainConfig
-from llmkit.errors import UsageError
+from llmkit.errors import AlreadyFinished, Fix, UsageError
 from llmkit.io.quiet import tied_weights_not_missing
 from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import MetricsJsonl, ProgressLines, RunTensorBoard
@@ -83,6 +85,8 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
             clear_staging(run)
         if resume:
             checkpoint = str(resumable_checkpoint(run))
+    if checkpoint is not None and (done := _finished_checkpoint(trainer, run, Path(checkpoint))):
+        return done
     if checkpoint and trainer.args.process_index == 0:
         print(f"resuming from {checkpoint}")
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
@@ -109,6 +113,44 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
         trainer.state.global_step, run.path, main=trainer.args.process_index == 0
     )
     return out
+
+
+def _finished_checkpoint(trainer: Trainer, run: RunDir, checkpoint: Path) -> Any:
+    """Trainer takes one step before it compares the step count with `max_steps`, so resuming
+    from a checkpoint at `max_steps` trained one step past it. Such a checkpoint is the end of
+    training: with the final model saved the run is finished; without (stopped while saving
+    it), its weights (or the best checkpoint's) become the final model, untrained further.
+    None when there are steps left to train."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    args = trainer.args
+    step = int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    if args.max_steps > 0:
+        goal = args.max_steps
+    else:  # epochs: the step count Trainer itself would plan
+        goal = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    if step < goal:
+        return None
+    if step > goal:
+        raise UsageError(
+            f"{checkpoint.name} is past max_steps {goal}: set train.max_steps to {step} or "
+            f"more to finish this run from it"
+        )
+    if run.has_final_model():
+        raise AlreadyFinished(
+            f"{run.path} already finished at step {step} (max_steps {goal})",
+            fix=Fix.RAISE_MAX_STEPS,
+        )
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint if args.load_best_model_at_end else None
+    source = best if best is not None and Path(best).is_dir() else str(checkpoint)
+    trainer._load_from_checkpoint(source)
+    if args.process_index == 0:
+        print(f"{checkpoint} is at max_steps {goal}: saving {Path(source).name} as the final model")
+    # No step ran here: report the last logged training loss (step 1 is always logged).
+    losses = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
+    return TrainOutput(step, losses[-1] if losses else float("nan"), {})
 
 
 def generation_eval_trainer(
