@@ -385,11 +385,11 @@ CASES: dict[str, Case] = {
     ),
     "template without {source}": Case(
         ["finetune", "--set", "task=text2text", "--set", "data.template=Translate:"],
-        "data.template: must contain {source}",
+        "data.template: template 'Translate:' must contain {source}",
     ),
     "template with a stray brace": Case(
         ["finetune", "--set", "task=text2text", "--set", "data.template={source} {"],
-        "data.template: {source} is the only placeholder",
+        "data.template: template '{source} {': {source} is the only placeholder",
     ),
     "max new tokens absurd": Case(
         ["generate", "--model", "{tiny}", "hi", "--max-new-tokens", "1000000000"],
