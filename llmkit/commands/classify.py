@@ -41,7 +41,8 @@ def run_classify(req: ClassifyRequest) -> None:
             print(json.dumps(row, ensure_ascii=False))
     else:
         print(f"{predictions[0].label}\t{predictions[0].score:.4f}")
-    note(f"classified {len(texts)} texts in {seconds:.2f} s ({len(texts) / seconds:.0f} texts/s)")
+    n = len(texts)
+    note(f"classified {n} text{'s' * (n != 1)} in {seconds:.2f} s ({n / seconds:.0f} texts/s)")
 
 
 def _collect_texts(req: ClassifyRequest) -> tuple[list[str], list[dict[str, Any]]]:
