@@ -104,4 +104,6 @@ def build_seq2seq(scratch: Any, tokenizer: Any) -> Any:
         eos_token_id=eos,
     )
     config.decoder_start_token_id = pad  # read by _shift_right and by generate
+    # Trainer aligns the config with the tokenizer (and warns) when a special id differs.
+    config.bos_token_id = tokenizer.bos_token_id
     return T5ForConditionalGeneration(config)
