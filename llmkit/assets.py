@@ -13,9 +13,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llmkit.errors import UsageError
 from llmkit.io.provenance import versions
@@ -159,12 +159,21 @@ def translation_pairs(language: str = "italian") -> list[dict[str, str]]:
     return pairs
 
 
-def hash_bucket(text: str) -> float:
-    """A number in [0, 1) fixed by `text`: the same split on every run, machine and release."""
+T = TypeVar("T", bound=Mapping[str, Any])
+
+
+def split_by_hash(items: list[T], key: str, fraction: float) -> tuple[list[T], list[T]]:
+    """(train, held_out) by a hash of each item's `key` (lower-cased): the same split on
+    every run, machine and release, and equal keys always on the same side."""
     import hashlib
 
-    digest = hashlib.sha256(text.lower().encode()).digest()
-    return int.from_bytes(digest[:4], "big") / 2**32
+    train: list[T] = []
+    held_out: list[T] = []
+    for item in items:
+        digest = hashlib.sha256(str(item[key]).lower().encode()).digest()
+        bucket = int.from_bytes(digest[:4], "big") / 2**32
+        (held_out if bucket < fraction else train).append(item)
+    return train, held_out
 
 
 def chatterbot_split(
@@ -176,12 +185,7 @@ def chatterbot_split(
     versions, and keeps every answer to the same question on the same side, so `llmkit eval`
     never scores a model on questions that `llmkit finetune` trained it on.
     """
-    train: list[dict[str, str]] = []
-    held_out: list[dict[str, str]] = []
-    for pair in chatterbot_pairs():
-        bucket = hash_bucket(pair["question"])
-        (held_out if bucket < validation_fraction else train).append(pair)
-    return train, held_out
+    return split_by_hash(chatterbot_pairs(), "question", validation_fraction)
 
 
 def minilm_dir() -> Path:

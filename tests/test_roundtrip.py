@@ -227,7 +227,10 @@ def test_classify_prints_a_label_and_its_probability(classifier_run: Path) -> No
     proc = run_cli("classify", "--model", str(classifier_run), "who won the world cup?")
     assert proc.returncode == 0, proc.stderr
     label, prob = proc.stdout.strip().split("\t")
-    assert label in card.labels and 1 / 3 <= float(prob) <= 1
+    as_json = run_cli("classify", "-m", str(classifier_run), "--json", "who won the world cup?")
+    [row] = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert label == row["label"] in card.labels and set(row["scores"]) == set(card.labels)
+    assert float(prob) == round(row["score"], 4) == round(max(row["scores"].values()), 4)
 
 
 def test_classify_a_file_writes_one_jsonl_row_per_text(

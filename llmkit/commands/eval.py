@@ -118,10 +118,10 @@ def prepare_output_dir(req: EvalRequest) -> Path:
     return out
 
 
-def _load(ref: str) -> LoadedModel:
+def _load(ref: str, use: str = "generation") -> LoadedModel:
     from llmkit.models.load import load_generator
 
-    loaded = load_generator(ref)
+    loaded = load_generator(ref, use=use)
     note(f"model: {loaded.description}")
     return loaded
 
@@ -328,7 +328,7 @@ def eval_text(req: EvalRequest) -> Report:
         refs.append(("B", req.model_b))
     systems = []
     for label, ref in refs:
-        loaded = _load(ref)
+        loaded = _load(ref, "perplexity")
         system = SystemScores(label, loaded.description)
         score.measure_perplexity(system, loaded, text_set, req.max_length, req.stride)
         systems.append(system)

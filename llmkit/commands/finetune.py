@@ -95,10 +95,11 @@ def setup(
         tokenizer = load_tokenizer(
             recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code
         )
-        data = build_data(recipe, tokenizer, seq2seq=is_seq2seq(recipe))
+        seq2seq = is_seq2seq(recipe)
+        data = build_data(recipe, tokenizer, seq2seq=seq2seq)
 
     set_seed(t.seed)  # LoRA's A matrices and a classification head start random
-    model = load_for_finetuning(recipe, tokenizer, data.labels)
+    model = load_for_finetuning(recipe, tokenizer, data.labels, seq2seq=seq2seq)
     if recipe.lora.enabled:
         model = apply_lora(model, recipe)
     if isinstance(data.collator, SftCollator) and not accepts_logits_to_keep(model):

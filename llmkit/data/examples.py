@@ -84,12 +84,8 @@ def chatterbot_rows() -> tuple[list[Row], list[Row]]:
 def translation_rows(validation_fraction: float = 0.1) -> tuple[list[Row], list[Row]]:
     """(train, held_out) English -> Italian pairs (source/target/topic), split by a hash of
     the English sentence: 685 / 72."""
-    train: list[Row] = []
-    held_out: list[Row] = []
-    for pair in assets.translation_pairs("italian"):
-        bucket = assets.hash_bucket(pair["source"])
-        (held_out if bucket < validation_fraction else train).append(dict(pair))
-    return train, held_out
+    pairs: list[Row] = [dict(p) for p in assets.translation_pairs("italian")]
+    return assets.split_by_hash(pairs, "source", validation_fraction)
 
 
 def read_rows(sources: Sequence[str]) -> list[Row]:
@@ -271,20 +267,17 @@ def encode_segments(
 def encode_seq2seq(
     rows: list[Row], recipe: Any, tokenizer: Any, *, split: str
 ) -> list[dict[str, list[int]]]:
-    """Encoder-decoder examples: the rendered prompt as input_ids (with the tokenizer's own
-    special tokens, as `llmkit generate` encodes it), the target + EOS as labels; each cut to
+    """Encoder-decoder examples from the same two segments as decoder-only text2text
+    (`row_segments`): the rendered prompt as input_ids (with the tokenizer's own special
+    tokens, as `llmkit generate` encodes it), the target + EOS as labels; each cut to
     data.max_length."""
-    d, eos = recipe.data, tokenizer.eos_token_id
+    n = recipe.data.max_length
     out = []
     for i, row in enumerate(rows):
-        where = f"{split} row {i + 1}"
-        source = text_column(row, d.source_column, "source_column", where)
-        target = text_column(row, d.target_column, "target_column", where)
-        ids = tokenizer(d.template.format(source=source))["input_ids"][: d.max_length]
-        labels = tokenizer(target, add_special_tokens=False)["input_ids"]
-        if eos is not None and (not labels or labels[-1] != eos):
-            labels = [*labels, eos]
-        out.append({"input_ids": ids, "labels": labels[: d.max_length]})
+        (prompt, _), (target, _) = row_segments(row, recipe, tokenizer, f"{split} row {i + 1}")
+        ids = tokenizer(prompt)["input_ids"][:n]
+        labels = tokenizer(target, add_special_tokens=False)["input_ids"][:n]
+        out.append({"input_ids": ids, "labels": labels})
     return out
 
 

@@ -95,7 +95,6 @@ def generate_and_score(
     system = score_texts(label, loaded.description, preds, targets, names)
     system.details.update(
         prompt_format=prompt_format.describe(),
-        chat_template=prompt_format.chat,
         generation_seconds=round(seconds, 2),
     )
     system.predictions = rows

@@ -68,13 +68,11 @@ def classify_texts(clf: Classifier, texts: list[str], *, batch_size: int = 32) -
     """One prediction per text, in input order (softmax over the classifier's logits)."""
     import torch
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    from llmkit.inference.generate import length_sorted_batches
+
     probs: list[list[float]] = [[] for _ in texts]
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_sorted_batches([len(t) for t in texts], batch_size):
             enc = clf.tokenizer(
                 [texts[i] for i in idx],
                 padding=True,

@@ -1,11 +1,11 @@
 """What a model folder is for, and how to prompt it: the run's *task card*.
 
-A fine-tuned model only answers well when it is prompted the way it was trained: a text2text
-run trained on "Translate: {source}\\n" scored BLEU 0.00 when `llmkit eval` wrapped its inputs
-in the chat template instead, and 11.94 with its own template (LLaMA-Factory issue 2509 shows
-the same mismatch: 26% vs 57% accuracy). So every run writes `llmkit_task.json` beside its
-weights, and `generate`, `eval` and `classify` read it and apply it unless a flag says
-otherwise:
+A fine-tuned model only answers well when it is prompted the way it was trained: in issue 14
+a text2text run trained on "Translate: {source}\\n" scored BLEU 0.00 when `llmkit eval` wrapped
+its inputs in the chat template instead, and 11.94 with its own template (LLaMA-Factory
+issue 2509 shows the same mismatch: 26% vs 57% accuracy). So every run writes
+`llmkit_task.json` beside its weights, and `generate`, `eval` and `classify` read it and
+apply it unless a flag says otherwise:
 
     {"task": "text2text", "kind": "causal",
      "prompt": {"chat": false, "template": "Translate: {source}\\n", "system": null},
@@ -18,7 +18,7 @@ config.json alone (`model_kind`); its prompt format is then the command's defaul
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,7 +96,6 @@ class TaskCard:
     max_new_tokens: int | None = None  # the answer length the run was evaluated with
     stop: list[str] | None = None  # answers end at these once begun (text2text)
     labels: list[str] | None = None  # classifiers: class names in id order
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -113,7 +112,6 @@ class TaskCard:
             max_new_tokens=answer.get("max_new_tokens"),
             stop=answer.get("stop"),
             labels=data.get("labels"),
-            extra=data.get("extra") or {},
         )
 
 

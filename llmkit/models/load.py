@@ -241,7 +241,9 @@ def is_seq2seq(recipe: FinetuneRecipe) -> bool:
     return kind == "seq2seq"
 
 
-def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str] | None) -> Any:
+def load_for_finetuning(
+    recipe: FinetuneRecipe, tokenizer: Any, labels: list[str] | None, *, seq2seq: bool = False
+) -> Any:
     """The recipe's base model for training: a causal LM, an encoder-decoder (text2text on a
     T5/BART folder, or a new T5 from `model.scratch`), or with `labels` a sequence classifier
     with a new head of len(labels) classes; 4-bit under QLoRA."""
@@ -278,7 +280,7 @@ def load_for_finetuning(recipe: FinetuneRecipe, tokenizer: Any, labels: list[str
             "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)},
         }
-    elif is_seq2seq(recipe):
+    elif seq2seq:  # is_seq2seq(recipe), decided once by the caller
         auto = AutoModelForSeq2SeqLM
     else:
         auto = AutoModelForCausalLM
