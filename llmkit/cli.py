@@ -16,10 +16,19 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperGroup
 
-from llmkit.errors import EXIT_USAGE, AlreadyFinished, Fix, Interrupted, UsageError
-from llmkit.flags import Flag, alias_parameter, merge_aliases, parameter, print_version
+from llmkit.errors import EXIT_USAGE, AlreadyFinished, Interrupted, UsageError
+from llmkit.flags import (
+    FIX_WORDING,
+    LAZY,
+    DefaultCommandGroup,
+    Flag,
+    RootGroup,
+    alias_parameter,
+    merge_aliases,
+    parameter,
+    print_version,
+)
 
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
@@ -35,72 +44,14 @@ if TYPE_CHECKING:
         TokenizerRequest,
         TrainRequest,
     )
+    from llmkit.config.serving import ServeRequest
 
 R = TypeVar("R", bound="Request")
 RB = TypeVar("RB", bound="RecipeBase")
 
-# How the command line words the fix an error carries (llmkit.errors.Fix).
-FIX_WORDING = {
-    Fix.RESUME_OR_OVERWRITE: "{message}: pass --resume to continue it, --overwrite to replace "
-    "it, or --output-dir for a new one",
-    Fix.RESUME: "--resume: {message}",
-    Fix.OVERWRITE: "{message}: pass --overwrite to replace it",
-    Fix.RESUME_PARTIAL: "{message}: pass --resume to continue it, or delete it to start over",
-    Fix.RESTART: "{message}: run the same command without --resume to start it again",
-    Fix.RAISE_MAX_STEPS: "{message}: nothing to do; raise --max-steps to train further",
-    Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
-    "true) if you trust it",
-}
-
-
-class _DefaultCommandGroup(TyperGroup):
-    """A group whose unknown first word goes to its `run` command: `llmkit prep RECIPE` and
-    `llmkit prep tokenizer ...` both work."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click.Context
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
-# Commands built only when invoked: name -> (their help, a builder of the click command).
-# Building one means building its request model (pydantic: ~0.25 s on these 2-core machines),
-# which the root listing, the command people run most, must not pay for.
-LAZY: dict[str, tuple[str, Callable[[], Any]]] = {}
-
-
-class _RootGroup(TyperGroup):
-    """`llmkit --help` is the command people run most, so it builds no command and imports
-    no pydantic (see LAZY); typer's rich formatter imports rich.markdown and pygments (~0.2 s),
-    so the listing uses click's plain formatter with each command's first sentence
-    unshortened. Every command's own --help keeps rich panels."""
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        super(TyperGroup, self).format_help(ctx, formatter)  # click's Group, not typer's rich
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if not args:  # typer's rich error handler would swallow the plain help; exit 2 as click
-            typer.echo(ctx.get_help())
-            ctx.exit(EXIT_USAGE)
-        return super().parse_args(ctx, args)
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        return [*super().list_commands(ctx), *LAZY]
-
-    def get_command(self, ctx: Any, name: str) -> Any:
-        return LAZY[name][1]() if name in LAZY else super().get_command(ctx, name)
-
-    def format_commands(self, ctx: Any, formatter: Any) -> None:
-        from typer._click.utils import make_default_short_help
-
-        rows = [(name, cmd.get_short_help_str(limit=200)) for name, cmd in self.commands.items()]
-        rows += [(name, make_default_short_help(doc, 200)) for name, (doc, _) in LAZY.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(rows)
-
 
 app = typer.Typer(
-    cls=_RootGroup,
+    cls=RootGroup,
     name="llmkit",
     help="Train, fine-tune, generate with and evaluate language models.",
     no_args_is_help=True,
@@ -125,7 +76,7 @@ def _root(
 
 
 prep_app = typer.Typer(
-    cls=_DefaultCommandGroup,
+    cls=DefaultCommandGroup,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Read, clean, tokenize and pack a corpus (cached by content); or train a tokenizer.",
@@ -148,9 +99,10 @@ def command(
 
     def register(fn: Callable[[R], None]) -> Callable[[R], None]:
         def add_to(target: typer.Typer) -> None:
-            from llmkit.config import requests
+            import importlib
 
-            model = getattr(requests, request)
+            module, _, cls = request.rpartition(".")  # "serving.ServeRequest": another module
+            model = getattr(importlib.import_module(f"llmkit.config.{module or 'requests'}"), cls)
             shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
             params = [parameter(k, f, _flag(model, k)) for k, f in shown.items()]
             params += [
@@ -339,6 +291,15 @@ def eval_cmd(req: EvalRequest) -> None:
     from llmkit.commands.eval import run_eval
 
     run_eval(req)
+
+
+@command(app, "serve", "serving.ServeRequest")
+def serve_cmd(req: ServeRequest) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming) on
+    127.0.0.1, with continuous batching."""
+    from llmkit.commands.serve import run_serve
+
+    run_serve(req)
 
 
 @command(app, "plot", "PlotRequest")

@@ -6,7 +6,7 @@ Every other exception is a bug in llmkit and keeps its traceback.
 
 Library code names recipe fields and files, never command-line flags. Where the fix is an
 option the user sets, the error carries a `Fix`; `str(error)` words it for Python callers and
-the CLI words it for its flags (`llmkit.cli.FIX_WORDING`).
+the CLI words it for its flags (`llmkit.flags.FIX_WORDING`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,20 @@
 """Command-line pieces that need no command: `--version`, a request field as a typer option,
-and old spellings of renamed flags (hidden aliases, listed in CHANGELOG.md). Cheap to import:
-`llmkit --help` loads it."""
+old spellings of renamed flags (hidden aliases, listed in CHANGELOG.md), how an error's fix
+is worded as flags, and the command groups (lazy commands, a default subcommand). Cheap to
+import: `llmkit --help` loads it."""
 
 from __future__ import annotations
 
 import inspect
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
+from typer.core import TyperGroup
+
+from llmkit.errors import EXIT_USAGE, Fix
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,19 @@ def flag(*decls: str, panel: str | None = None, aliases: tuple[str, ...] = ()) -
 
 
 ARGUMENT = Flag(argument=True)
+
+# How the command line words the fix an error carries (llmkit.errors.Fix).
+FIX_WORDING = {
+    Fix.RESUME_OR_OVERWRITE: "{message}: pass --resume to continue it, --overwrite to replace "
+    "it, or --output-dir for a new one",
+    Fix.RESUME: "--resume: {message}",
+    Fix.OVERWRITE: "{message}: pass --overwrite to replace it",
+    Fix.RESUME_PARTIAL: "{message}: pass --resume to continue it, or delete it to start over",
+    Fix.RESTART: "{message}: run the same command without --resume to start it again",
+    Fix.RAISE_MAX_STEPS: "{message}: nothing to do; raise --max-steps to train further",
+    Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
+    "true) if you trust it",
+}
 
 
 ALIAS = "__alias"  # the parameter `field__alias0` carries the old spelling of `--field`
@@ -112,3 +130,52 @@ def plain(annotation: Any) -> Any:
         args = tuple(plain(a) for a in get_args(annotation))
         return Union[args]  # noqa: UP007  # built from a tuple
     return annotation
+
+
+# --- the command groups ---------------------------------------------------------------------
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group whose unknown first word goes to its `run` command: `llmkit prep RECIPE` and
+    `llmkit prep tokenizer ...` both work."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click.Context
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+# Commands built only when invoked: name -> (their help, a builder of the click command).
+# Building one means building its request model (pydantic: ~0.25 s on these 2-core machines),
+# which the root listing, the command people run most, must not pay for.
+LAZY: dict[str, tuple[str, Callable[[], Any]]] = {}
+
+
+class RootGroup(TyperGroup):
+    """`llmkit --help` is the command people run most, so it builds no command and imports
+    no pydantic (see LAZY); typer's rich formatter imports rich.markdown and pygments (~0.2 s),
+    so the listing uses click's plain formatter with each command's first sentence
+    unshortened. Every command's own --help keeps rich panels."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        super(TyperGroup, self).format_help(ctx, formatter)  # click's Group, not typer's rich
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args:  # typer's rich error handler would swallow the plain help; exit 2 as click
+            typer.echo(ctx.get_help())
+            ctx.exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        return LAZY[name][1]() if name in LAZY else super().get_command(ctx, name)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        from typer._click.utils import make_default_short_help
+
+        rows = [(name, cmd.get_short_help_str(limit=200)) for name, cmd in self.commands.items()]
+        rows += [(name, make_default_short_help(doc, 200)) for name, (doc, _) in LAZY.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)

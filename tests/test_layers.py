@@ -75,7 +75,7 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 
 def test_library_layers_never_name_a_command_line_flag() -> None:
     """Errors below the command layer name recipe fields and files; the commands (and
-    llmkit.cli's FIX_WORDING) word them for flags."""
+    llmkit.flags.FIX_WORDING) word them for flags."""
     flag = re.compile(r"--[a-z]")
     bad = [
         f"{path.relative_to(REPO)}:{n}: {line.strip()}"

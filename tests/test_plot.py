@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import REPO, run_cli
 
-from llmkit.cli import FIX_WORDING
+from llmkit.flags import FIX_WORDING
 from llmkit.config.pretrain import PretrainRecipe
 from llmkit.config.requests import PlotRequest
 from llmkit.errors import UsageError

@@ -118,24 +118,16 @@ class ExportRequest(Request):
 DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
 
 
-class GenerateRequest(DecodingConfig, Request):
-    """`llmkit generate`: the decoding options are DecodingConfig's fields, as flags."""
+class DecodingRequest(DecodingConfig, Request):
+    """A command that decodes (generate, serve, chat): DecodingConfig's fields as flags, and
+    the model and prompt format they apply to."""
 
     FLAGS: ClassVar[dict[str, Flag]] = {
-        "prompt": ARGUMENT,
-        "model": flag("--model", "-m"),
-        "input": flag("--input", "-i"),
-        "output": flag("--output", "-o"),
-        "json_": flag("--json"),
-        "chat": flag("--chat/--no-chat"),
         **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
         "do_sample": flag("--sample/--greedy", panel=DECODING),
         "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
     }
 
-    prompt: str | None = Field(
-        None, description="Text to continue; '-' reads it from stdin (default: Once upon a time)."
-    )
     model: str | None = Field(
         None,
         description="Run folder, HF folder, LoRA adapter folder or hub name "
@@ -147,25 +139,10 @@ class GenerateRequest(DecodingConfig, Request):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model. Off unless you trust it."
     )
-    chat: bool | None = Field(
-        None,
-        description="Wrap the prompt in the chat template (default: as the run was trained; "
-        "other models: no).",
-    )
     template: str | None = Field(
         None, description="Prompt template with {source} (default: the run's own, if any)."
     )
     system: str | None = Field(None, description="System prompt (implies --chat).")
-    stream: bool = Field(False, description="Print tokens as they are generated.")
-    input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
-    output: Path | None = Field(None, description="JSONL results (default: stdout).")
-    field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
-    batch_size: int = Field(BATCH_SIZE, ge=1, description="Prompts per generate call.")
-    json_: bool = Field(False, description="Print JSON on stdout.")
-    resume: bool = Field(
-        False, description="Continue an interrupted --input/--output job after its last batch."
-    )
-    overwrite: bool = Field(False, description="Replace an existing --output file.")
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -184,6 +161,39 @@ class GenerateRequest(DecodingConfig, Request):
         """The decoding options that were set."""
         names = DecodingConfig.model_fields
         return DecodingConfig.model_validate({k: v for k, v in self if k in names})
+
+
+class GenerateRequest(DecodingRequest):
+    """`llmkit generate`."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        **DecodingRequest.FLAGS,
+        "prompt": ARGUMENT,
+        "model": flag("--model", "-m"),
+        "input": flag("--input", "-i"),
+        "output": flag("--output", "-o"),
+        "json_": flag("--json"),
+        "chat": flag("--chat/--no-chat"),
+    }
+
+    prompt: str | None = Field(
+        None, description="Text to continue; '-' reads it from stdin (default: Once upon a time)."
+    )
+    chat: bool | None = Field(
+        None,
+        description="Wrap the prompt in the chat template (default: as the run was trained; "
+        "other models: no).",
+    )
+    stream: bool = Field(False, description="Print tokens as they are generated.")
+    input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
+    output: Path | None = Field(None, description="JSONL results (default: stdout).")
+    field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
+    batch_size: int = Field(BATCH_SIZE, ge=1, description="Prompts per generate call.")
+    json_: bool = Field(False, description="Print JSON on stdout.")
+    resume: bool = Field(
+        False, description="Continue an interrupted --input/--output job after its last batch."
+    )
+    overwrite: bool = Field(False, description="Replace an existing --output file.")
 
 
 class ClassifyRequest(Request):

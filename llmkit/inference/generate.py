@@ -325,7 +325,7 @@ def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
             self.text += text
             visible = cut_at_stop(self.text, stops)
             if len(visible) == len(self.text) and not stream_end:
-                visible = visible[: len(visible) - _partial_stop(visible, stops)]
+                visible = visible[: len(visible) - partial_stop(visible, stops)]
             sys.stdout.write(visible[self.shown :])
             self.shown = max(self.shown, len(visible))
             if stream_end:
@@ -335,7 +335,7 @@ def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
     return StopAwareStreamer()
 
 
-def _partial_stop(text: str, stops: list[str]) -> int:
+def partial_stop(text: str, stops: list[str]) -> int:
     """Length of the longest end of `text` that begins some stop string."""
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
