@@ -31,20 +31,19 @@ from llmkit.flags import (
 )
 
 if TYPE_CHECKING:
+    from llmkit.config.inference import GenerateRequest, ServeRequest
     from llmkit.config.recipe import RecipeBase
     from llmkit.config.requests import (
         ClassifyRequest,
         EmbedRequest,
         EvalRequest,
         ExportRequest,
-        GenerateRequest,
         PlotRequest,
         RecipeRequest,
         Request,
         TokenizerRequest,
         TrainRequest,
     )
-    from llmkit.config.serving import ServeRequest
 
 R = TypeVar("R", bound="Request")
 RB = TypeVar("RB", bound="RecipeBase")
@@ -101,7 +100,7 @@ def command(
         def add_to(target: typer.Typer) -> None:
             import importlib
 
-            module, _, cls = request.rpartition(".")  # "serving.ServeRequest": another module
+            module, _, cls = request.rpartition(".")  # "inference.ServeRequest": another module
             model = getattr(importlib.import_module(f"llmkit.config.{module or 'requests'}"), cls)
             shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
             params = [parameter(k, f, _flag(model, k)) for k, f in shown.items()]
@@ -203,7 +202,7 @@ def pretrain_cmd(req: TrainRequest) -> None:
     recipe = _load(PretrainRecipe, req)
     if recipe is not None and req.resume:
         _stop_if_finished(recipe)
-    if recipe is not None and not _launched(recipe.train.devices):
+    if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.pretrain import run_pretrain
 
         run_pretrain(recipe, resume=req.resume, overwrite=req.overwrite)
@@ -218,7 +217,7 @@ def finetune_cmd(req: TrainRequest) -> None:
     recipe = _load(FinetuneRecipe, req)
     if recipe is not None and req.resume:
         _stop_if_finished(recipe)
-    if recipe is not None and not _launched(recipe.train.devices):
+    if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.finetune import run_finetune
 
         run_finetune(recipe, resume=req.resume, overwrite=req.overwrite)
@@ -244,11 +243,13 @@ def _stop_if_finished(recipe: Any) -> None:
     check_finished(RunDir(recipe.output_dir), recipe.train)
 
 
-def _launched(devices: int) -> bool:
-    """True if this process relaunched the command on `devices` processes (now finished)."""
-    from llmkit.launch import relaunch_if_needed
+def _launched(devices: int, req: TrainRequest) -> bool:
+    """True if this process relaunched the command on `devices` processes per node (now
+    finished)."""
+    from llmkit.launch import Nodes, relaunch_if_needed
 
-    return relaunch_if_needed(devices)
+    nodes = Nodes(req.nodes, req.node_rank, req.master_addr, req.master_port)
+    return relaunch_if_needed(devices, nodes)
 
 
 @command(app, "export", "ExportRequest")
@@ -259,7 +260,7 @@ def export_cmd(req: ExportRequest) -> None:
     run_export(req)
 
 
-@command(app, "generate", "GenerateRequest")
+@command(app, "generate", "inference.GenerateRequest")
 def generate_cmd(req: GenerateRequest) -> None:
     """Generate text with a causal LM or an encoder-decoder (T5): one prompt, stdin, or a file
     of prompts (batched), prompted as the run was trained."""
@@ -293,7 +294,7 @@ def eval_cmd(req: EvalRequest) -> None:
     run_eval(req)
 
 
-@command(app, "serve", "serving.ServeRequest")
+@command(app, "serve", "inference.ServeRequest")
 def serve_cmd(req: ServeRequest) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming) on
     127.0.0.1, with continuous batching."""

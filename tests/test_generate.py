@@ -18,7 +18,7 @@ from conftest import REPO, run_cli
 from llmkit.cli import parse
 from llmkit.commands.generate import run_generate
 from llmkit.config.decoding import DecodingConfig, layered, load_decoding_from_yaml
-from llmkit.config.requests import GenerateRequest
+from llmkit.config.inference import GenerateRequest
 from llmkit.errors import UsageError
 from llmkit.inference.generate import (
     encode_prompts,

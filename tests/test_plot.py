@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from conftest import REPO, run_cli
 
-from llmkit.flags import FIX_WORDING
 from llmkit.config.pretrain import PretrainRecipe
 from llmkit.config.requests import PlotRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation.plot import Drawn, read_curves
+from llmkit.flags import FIX_WORDING
 
 TINY = REPO / "recipes/pretrain/tiny-cpu.yaml"
 LM_PANELS = ["train loss", "eval loss", "eval perplexity", "learning rate"]

@@ -144,12 +144,12 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     from llmkit.evaluation.classes import majority_baseline
     from llmkit.inference.generate import sample_answer
     from llmkit.train.ending import ending
-    from llmkit.train.trainer import fit
+    from llmkit.train.trainer import evaluate_before_training, fit
 
     trainer, data = job.trainer, job.data
     metrics: dict[str, Any] = {"task": job.recipe.task, "lora": job.recipe.lora.enabled}
-    if not job.resume:
-        before = trainer.evaluate()
+    before = None if job.resume else evaluate_before_training(trainer)
+    if before is not None:
         metrics |= {f"{k}_before": v for k, v in _scores(before).items()}
         if job.main:
             print(f"before training: {eval_summary(before, show_ppl=False)}")

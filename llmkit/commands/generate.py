@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmkit.config.decoding import DecodingConfig, layered
-from llmkit.config.requests import GenerateRequest
+from llmkit.config.inference import GenerateRequest
 from llmkit.errors import UsageError
 from llmkit.inference.generate import (
     GenerationResult,

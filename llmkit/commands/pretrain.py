@@ -48,7 +48,7 @@ def setup(
     from llmkit.data.collate import pretraining_datasets
     from llmkit.data.prep import load_tokenizer_for, prepare
     from llmkit.models.build import build_model
-    from llmkit.train.arguments import training_arguments
+    from llmkit.train.arguments import sharding_in_use, training_arguments
     from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer
 
@@ -91,14 +91,17 @@ def setup(
         if main:
             run.start(recipe.to_yaml(), resume=resume, overwrite=overwrite)
     trainer = build_trainer(model, tokenizer, args, run, t, datasets, callbacks=callbacks)
+    if main and args.world_size > 1:
+        print(f"processes: {args.world_size}, {sharding_in_use(trainer)}")
     return PretrainJob(recipe, run, trainer, resume, main)
 
 
 def train(job: PretrainJob) -> dict[str, Any]:
     """Validation loss before (or, resuming, as first logged), training, and the kept
     weights' validation loss (evaluated once: see llmkit.train.ending)."""
+    from llmkit.train.arguments import sharding_in_use
     from llmkit.train.ending import ending
-    from llmkit.train.trainer import fit
+    from llmkit.train.trainer import evaluate_before_training, fit
 
     trainer, t = job.trainer, job.recipe.train
     args = trainer.args
@@ -108,8 +111,15 @@ def train(job: PretrainJob) -> dict[str, Any]:
         * t.grad_accum
         * job.recipe.data.block_size,
         "world_size": args.world_size,
+        "sharding": sharding_in_use(trainer),
     }
-    before = job.run.first_eval_loss() if job.resume else trainer.evaluate()["eval_loss"]
+    if job.resume:
+        before = job.run.first_eval_loss()
+    else:
+        evaluation = evaluate_before_training(trainer)
+        before = None if evaluation is None else evaluation["eval_loss"]
+        if evaluation is None and job.main:
+            print("validation perplexity before training: not measured under FSDP")
     if before is not None:
         metrics |= {"eval_loss_before": before, "eval_perplexity_before": perplexity(before)}
         if job.main and not job.resume:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config.decoding import layered
-from llmkit.config.serving import ServeRequest
+from llmkit.config.inference import ServeRequest
 from llmkit.errors import UsageError
 from llmkit.io.console import note
 

@@ -91,6 +91,12 @@ class TrainConfig(Section):
         42, ge=0, le=MAX_SEED, description="Seed for init, data order, masking and dropout."
     )
     devices: int = Field(1, ge=1, description="Processes (one per GPU; gloo on CPU).")
+    strategy: Literal["ddp", "fsdp", "hsdp"] = Field(
+        "ddp",
+        description="Across processes: ddp (a full copy each), fsdp (FSDP2: parameters, "
+        "gradients and optimizer state sharded over all), hsdp (sharded within a node, "
+        "replicated across nodes).",
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard under <run>/tensorboard.")
 

@@ -9,11 +9,11 @@ the ones that differ (positional arguments, short names, on/off pairs, help pane
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig, checked_template, shell_escapes
+from llmkit.config.decoding import MAX_NEW_TOKENS, checked_template
 from llmkit.config.recipe import MAX_SEED, RunName
 from llmkit.flags import ARGUMENT, Flag, flag
 
@@ -52,8 +52,16 @@ class RecipeRequest(Request):
         return list(self.overrides or [])
 
 
+NODES = "Several machines (README: from one machine to a cluster)"
+
+
 class TrainRequest(RecipeRequest):
     """`llmkit pretrain` and `llmkit finetune`: common flags are shorthands for overrides."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        **RecipeRequest.FLAGS,
+        **{k: flag(panel=NODES) for k in ("nodes", "node_rank", "master_addr", "master_port")},
+    }
 
     output_dir: Path | None = Field(None, description="Run folder (default: runs/<recipe name>).")
     max_steps: int | None = Field(None, description="Stop after this many optimizer steps.")
@@ -63,6 +71,16 @@ class TrainRequest(RecipeRequest):
     )
     resume: bool = Field(False, description="Continue from the last checkpoint in the run.")
     overwrite: bool = Field(False, description="Replace a run already in the output dir.")
+    nodes: int = Field(1, ge=1, description="Machines in the run; start the same command on each.")
+    node_rank: int = Field(0, ge=0, description="This machine's number, 0 .. nodes-1.")
+    master_addr: str = Field("127.0.0.1", description="Address of node 0, reachable from all.")
+    master_port: int = Field(29500, ge=1, le=65535, description="A free port on node 0.")
+
+    @model_validator(mode="after")
+    def _node_rank_in_range(self) -> TrainRequest:
+        if self.node_rank >= self.nodes:
+            raise ValueError(f"node_rank: must be below nodes ({self.nodes})")
+        return self
 
     def recipe_overrides(self) -> list[str]:
         """--max-steps 5 == --set train.max_steps=5 (the flags win over --set)."""
@@ -114,86 +132,6 @@ class ExportRequest(Request):
 
 
 # --- inference ---------------------------------------------------------------------------------
-
-DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
-
-
-class DecodingRequest(DecodingConfig, Request):
-    """A command that decodes (generate, serve, chat): DecodingConfig's fields as flags, and
-    the model and prompt format they apply to."""
-
-    FLAGS: ClassVar[dict[str, Flag]] = {
-        **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
-        "do_sample": flag("--sample/--greedy", panel=DECODING),
-        "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
-    }
-
-    model: str | None = Field(
-        None,
-        description="Run folder, HF folder, LoRA adapter folder or hub name "
-        "(default: embedded:smollm2).",
-    )
-    recipe: Path | None = Field(
-        None, description="YAML whose generate: mapping sets decoding options."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model. Off unless you trust it."
-    )
-    template: str | None = Field(
-        None, description="Prompt template with {source} (default: the run's own, if any)."
-    )
-    system: str | None = Field(None, description="System prompt (implies --chat).")
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _unescape(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else value
-        if not isinstance(stops, list):
-            return value
-        return [shell_escapes(s) if isinstance(s, str) else s for s in stops]
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return checked_template(value)
-
-    def decoding(self) -> DecodingConfig:
-        """The decoding options that were set."""
-        names = DecodingConfig.model_fields
-        return DecodingConfig.model_validate({k: v for k, v in self if k in names})
-
-
-class GenerateRequest(DecodingRequest):
-    """`llmkit generate`."""
-
-    FLAGS: ClassVar[dict[str, Flag]] = {
-        **DecodingRequest.FLAGS,
-        "prompt": ARGUMENT,
-        "model": flag("--model", "-m"),
-        "input": flag("--input", "-i"),
-        "output": flag("--output", "-o"),
-        "json_": flag("--json"),
-        "chat": flag("--chat/--no-chat"),
-    }
-
-    prompt: str | None = Field(
-        None, description="Text to continue; '-' reads it from stdin (default: Once upon a time)."
-    )
-    chat: bool | None = Field(
-        None,
-        description="Wrap the prompt in the chat template (default: as the run was trained; "
-        "other models: no).",
-    )
-    stream: bool = Field(False, description="Print tokens as they are generated.")
-    input: Path | None = Field(None, description="Prompts file: .txt (one per line) or .jsonl.")
-    output: Path | None = Field(None, description="JSONL results (default: stdout).")
-    field: str | None = Field(None, description="JSONL field holding the prompt (default: prompt).")
-    batch_size: int = Field(BATCH_SIZE, ge=1, description="Prompts per generate call.")
-    json_: bool = Field(False, description="Print JSON on stdout.")
-    resume: bool = Field(
-        False, description="Continue an interrupted --input/--output job after its last batch."
-    )
-    overwrite: bool = Field(False, description="Replace an existing --output file.")
 
 
 class ClassifyRequest(Request):

@@ -88,5 +88,37 @@ def training_arguments(
         args["use_cpu"] = True
         if in_distributed_run():  # setting a backend in one process asks for a process group
             args["ddp_backend"] = "gloo"
+    args.update(sharding_arguments(train.strategy))
     args.update(extra)
     return TrainingArguments(**args)
+
+
+def sharding_in_use(trainer: Any) -> str:
+    """What the trainer's accelerator actually does across processes (read back, not the
+    recipe's wish): "fsdp2", "ddp", or "none" for one process."""
+    if trainer.args.world_size <= 1:
+        return "none"
+    return "fsdp2" if trainer.accelerator.is_fsdp2 else "ddp"
+
+
+def sharding_arguments(strategy: str) -> dict[str, Any]:
+    """FSDP2 (`fully_shard`) through Trainer/accelerate; `ddp` needs nothing (the default).
+    The final model is gathered to rank 0 and saved as one plain folder (FULL_STATE_DICT)."""
+    if strategy == "ddp" or not in_distributed_run():
+        return {}
+    config: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": True,  # full_shard: ZeRO-3-like
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one FSDP unit per decoder layer
+        "state_dict_type": "FULL_STATE_DICT",
+    }
+    args: dict[str, Any] = {"fsdp": True, "fsdp_config": config}
+    if strategy == "hsdp":
+        from accelerate.parallelism_config import ParallelismConfig
+
+        world = int(os.environ["WORLD_SIZE"])
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        args["parallelism_config"] = ParallelismConfig(
+            dp_replicate_size=world // per_node, dp_shard_size=per_node
+        )
+    return args

@@ -140,7 +140,9 @@ def checkpoint_problem(ckpt: Path) -> str | None:
     for w in weights:
         if w.suffix == ".safetensors" and (why := _safetensors_problem(w)):
             return f"{w.name}: {why}"
-    for f in ("optimizer.pt", "scheduler.pt"):
+    # Under FSDP accelerate writes the (gathered) optimizer state as optimizer.bin.
+    optimizer = "optimizer.bin" if (ckpt / "optimizer.bin").exists() else "optimizer.pt"
+    for f in (optimizer, "scheduler.pt"):
         if not (ckpt / f).exists():
             return f"{f} is missing"
         if (why := _torch_zip_problem(ckpt / f)) is not None:
