@@ -19,11 +19,20 @@ import typer
 from typer.core import TyperGroup
 
 from llmkit.errors import EXIT_USAGE, AlreadyFinished, Fix, Interrupted, UsageError
-from llmkit.flags import Flag, alias_parameter, merge_aliases, parameter, print_version
+from llmkit.flags import (
+    DefaultCommandGroup,
+    alias_parameter,
+    flag_name,
+    flag_of,
+    merge_aliases,
+    parameter,
+    print_version,
+)
 
 if TYPE_CHECKING:
     from llmkit.config.recipe import RecipeBase
     from llmkit.config.requests import (
+        ChatRequest,
         ClassifyRequest,
         EmbedRequest,
         EvalRequest,
@@ -51,16 +60,6 @@ FIX_WORDING = {
     Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
     "true) if you trust it",
 }
-
-
-class _DefaultCommandGroup(TyperGroup):
-    """A group whose unknown first word goes to its `run` command: `llmkit prep RECIPE` and
-    `llmkit prep tokenizer ...` both work."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click.Context
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
 
 
 # Commands built only when invoked: name -> (their help, a builder of the click command).
@@ -125,7 +124,7 @@ def _root(
 
 
 prep_app = typer.Typer(
-    cls=_DefaultCommandGroup,
+    cls=DefaultCommandGroup,
     add_completion=False,
     pretty_exceptions_enable=False,
     help="Read, clean, tokenize and pack a corpus (cached by content); or train a tokenizer.",
@@ -151,12 +150,12 @@ def command(
             from llmkit.config import requests
 
             model = getattr(requests, request)
-            shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
-            params = [parameter(k, f, _flag(model, k)) for k, f in shown.items()]
+            shown = {k: f for k, f in model.model_fields.items() if flag_of(model, k).cli}
+            params = [parameter(k, f, flag_of(model, k)) for k, f in shown.items()]
             params += [
                 alias_parameter(k, i, f, decl)
                 for k, f in shown.items()
-                for i, decl in enumerate(_flag(model, k).aliases)
+                for i, decl in enumerate(flag_of(model, k).aliases)
             ]
 
             def run(**values: Any) -> None:
@@ -186,21 +185,7 @@ def parse(request: type[R], values: dict[str, Any]) -> R:
     """The request from option values, or a UsageError naming each bad value by its flag."""
     from llmkit.config.base import validate
 
-    return validate(request, values, name=lambda path: _flag_name(request, path))
-
-
-def _flag(request: type[Request], name: str) -> Flag:
-    return request.FLAGS.get(name, Flag())
-
-
-def _flag_name(request: type[Request], path: str) -> str:
-    """How an error names a field: the flag that sets it (`--top-p`, `--sample/--greedy`)."""
-    if path not in request.model_fields:
-        return path
-    flag = _flag(request, path)
-    if flag.argument:
-        return path.upper()
-    return flag.decls[0] if flag.decls else "--" + path.replace("_", "-")
+    return validate(request, values, name=lambda path: flag_name(request, path))
 
 
 TRAINING = {"context_settings": {"allow_interspersed_args": True}}
@@ -314,6 +299,14 @@ def generate_cmd(req: GenerateRequest) -> None:
     from llmkit.commands.generate import run_generate
 
     run_generate(req)
+
+
+@command(app, "chat", "ChatRequest")
+def chat_cmd(req: ChatRequest) -> None:
+    """Talk with a chat model: multi-turn, answers streamed; /help inside lists the commands."""
+    from llmkit.commands.chat import run_chat
+
+    run_chat(req)
 
 
 @command(app, "classify", "ClassifyRequest")

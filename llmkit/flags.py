@@ -7,9 +7,13 @@ from __future__ import annotations
 import inspect
 import types
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
+from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    from llmkit.config.base import Request
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,30 @@ def flag(*decls: str, panel: str | None = None, aliases: tuple[str, ...] = ()) -
 
 
 ARGUMENT = Flag(argument=True)
+
+
+def flag_of(request: type[Request], name: str) -> Flag:
+    return request.FLAGS.get(name, Flag())
+
+
+def flag_name(request: type[Request], path: str) -> str:
+    """How an error names a field: the flag that sets it (`--top-p`, `--sample/--greedy`)."""
+    if path not in request.model_fields:
+        return path
+    spelled = flag_of(request, path)
+    if spelled.argument:
+        return path.upper()
+    return spelled.decls[0] if spelled.decls else "--" + path.replace("_", "-")
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group whose unknown first word goes to its `run` command: `llmkit prep RECIPE` and
+    `llmkit prep tokenizer ...` both work."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored click.Context
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
 
 
 ALIAS = "__alias"  # the parameter `field__alias0` carries the old spelling of `--field`

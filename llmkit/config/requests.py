@@ -9,11 +9,13 @@ the ones that differ (positional arguments, short names, on/off pairs, help pane
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llmkit.config.decoding import MAX_NEW_TOKENS, DecodingConfig, checked_template, shell_escapes
+from llmkit.config.base import Request
+from llmkit.config.decoding import MAX_NEW_TOKENS, checked_template
+from llmkit.config.decoding_request import DecodingRequest
 from llmkit.config.recipe import MAX_SEED, RunName
 from llmkit.flags import ARGUMENT, Flag, flag
 
@@ -22,12 +24,6 @@ from llmkit.flags import ARGUMENT, Flag, flag
 # of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s). Greedy answers are identical at
 # any batch size (checked at 8, 32 and 64); sampled ones with --seed follow the batches.
 BATCH_SIZE = 32
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    FLAGS: ClassVar[dict[str, Flag]] = {}
 
 
 # --- training and data ----------------------------------------------------------------------
@@ -115,22 +111,18 @@ class ExportRequest(Request):
 
 # --- inference ---------------------------------------------------------------------------------
 
-DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
 
-
-class GenerateRequest(DecodingConfig, Request):
+class GenerateRequest(DecodingRequest):
     """`llmkit generate`: the decoding options are DecodingConfig's fields, as flags."""
 
     FLAGS: ClassVar[dict[str, Flag]] = {
+        **DecodingRequest.FLAGS,
         "prompt": ARGUMENT,
         "model": flag("--model", "-m"),
         "input": flag("--input", "-i"),
         "output": flag("--output", "-o"),
         "json_": flag("--json"),
         "chat": flag("--chat/--no-chat"),
-        **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
-        "do_sample": flag("--sample/--greedy", panel=DECODING),
-        "num_return_sequences": flag("--num-return-sequences", "-n", panel=DECODING),
     }
 
     prompt: str | None = Field(
@@ -140,12 +132,6 @@ class GenerateRequest(DecodingConfig, Request):
         None,
         description="Run folder, HF folder, LoRA adapter folder or hub name "
         "(default: embedded:smollm2).",
-    )
-    recipe: Path | None = Field(
-        None, description="YAML whose generate: mapping sets decoding options."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with the model. Off unless you trust it."
     )
     chat: bool | None = Field(
         None,
@@ -167,23 +153,32 @@ class GenerateRequest(DecodingConfig, Request):
     )
     overwrite: bool = Field(False, description="Replace an existing --output file.")
 
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _unescape(cls, value: Any) -> Any:
-        stops = [value] if isinstance(value, str) else value
-        if not isinstance(stops, list):
-            return value
-        return [shell_escapes(s) if isinstance(s, str) else s for s in stops]
-
     @field_validator("template")
     @classmethod
     def _template(cls, value: str | None) -> str | None:
         return checked_template(value)
 
-    def decoding(self) -> DecodingConfig:
-        """The decoding options that were set."""
-        names = DecodingConfig.model_fields
-        return DecodingConfig.model_validate({k: v for k, v in self if k in names})
+
+class ChatRequest(DecodingRequest):
+    """`llmkit chat`: a conversation on the terminal (or through a pipe)."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        **DecodingRequest.FLAGS,
+        "model": ARGUMENT,
+        # One streamed answer per turn: no beams, no alternatives (a recipe setting them is
+        # refused by the command).
+        "num_beams": Flag(cli=False),
+        "num_return_sequences": Flag(cli=False),
+    }
+
+    model: str | None = Field(
+        None,
+        description="Run folder, HF folder, LoRA adapter folder or hub name of a causal LM "
+        "with a chat template (default: embedded:smollm2).",
+    )
+    system: str | None = Field(
+        None, description="System prompt (default: the run's own, if any); /system changes it."
+    )
 
 
 class ClassifyRequest(Request):
