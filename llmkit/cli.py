@@ -22,16 +22,18 @@ from llmkit.flags import (
     FIX_WORDING,
     LAZY,
     DefaultCommandGroup,
-    Flag,
     RootGroup,
     alias_parameter,
+    flag_name,
+    flag_of,
     merge_aliases,
     parameter,
     print_version,
 )
 
 if TYPE_CHECKING:
-    from llmkit.config.inference import GenerateRequest, ServeRequest
+    from llmkit.config.base import Request
+    from llmkit.config.inference import ChatRequest, GenerateRequest, ServeRequest
     from llmkit.config.recipe import RecipeBase
     from llmkit.config.requests import (
         ClassifyRequest,
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
         ExportRequest,
         PlotRequest,
         RecipeRequest,
-        Request,
         TokenizerRequest,
         TrainRequest,
     )
@@ -102,12 +103,12 @@ def command(
 
             module, _, cls = request.rpartition(".")  # "inference.ServeRequest": another module
             model = getattr(importlib.import_module(f"llmkit.config.{module or 'requests'}"), cls)
-            shown = {k: f for k, f in model.model_fields.items() if _flag(model, k).cli}
-            params = [parameter(k, f, _flag(model, k)) for k, f in shown.items()]
+            shown = {k: f for k, f in model.model_fields.items() if flag_of(model, k).cli}
+            params = [parameter(k, f, flag_of(model, k)) for k, f in shown.items()]
             params += [
                 alias_parameter(k, i, f, decl)
                 for k, f in shown.items()
-                for i, decl in enumerate(_flag(model, k).aliases)
+                for i, decl in enumerate(flag_of(model, k).aliases)
             ]
 
             def run(**values: Any) -> None:
@@ -137,21 +138,7 @@ def parse(request: type[R], values: dict[str, Any]) -> R:
     """The request from option values, or a UsageError naming each bad value by its flag."""
     from llmkit.config.base import validate
 
-    return validate(request, values, name=lambda path: _flag_name(request, path))
-
-
-def _flag(request: type[Request], name: str) -> Flag:
-    return request.FLAGS.get(name, Flag())
-
-
-def _flag_name(request: type[Request], path: str) -> str:
-    """How an error names a field: the flag that sets it (`--top-p`, `--sample/--greedy`)."""
-    if path not in request.model_fields:
-        return path
-    flag = _flag(request, path)
-    if flag.argument:
-        return path.upper()
-    return flag.decls[0] if flag.decls else "--" + path.replace("_", "-")
+    return validate(request, values, name=lambda path: flag_name(request, path))
 
 
 TRAINING = {"context_settings": {"allow_interspersed_args": True}}
@@ -267,6 +254,14 @@ def generate_cmd(req: GenerateRequest) -> None:
     from llmkit.commands.generate import run_generate
 
     run_generate(req)
+
+
+@command(app, "chat", "inference.ChatRequest")
+def chat_cmd(req: ChatRequest) -> None:
+    """Talk with a chat model: multi-turn, answers streamed; /help inside lists the commands."""
+    from llmkit.commands.chat import run_chat
+
+    run_chat(req)
 
 
 @command(app, "classify", "ClassifyRequest")

@@ -9,12 +9,15 @@ import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
 from typer.core import TyperGroup
 
 from llmkit.errors import EXIT_USAGE, Fix
+
+if TYPE_CHECKING:
+    from llmkit.config.base import Request
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,20 @@ FIX_WORDING = {
     Fix.TRUST_REMOTE_CODE: "{message}: pass --trust-remote-code (or model.trust_remote_code: "
     "true) if you trust it",
 }
+
+
+def flag_of(request: type[Request], name: str) -> Flag:
+    return request.FLAGS.get(name, Flag())
+
+
+def flag_name(request: type[Request], path: str) -> str:
+    """How an error names a field: the flag that sets it (`--top-p`, `--sample/--greedy`)."""
+    if path not in request.model_fields:
+        return path
+    spelled = flag_of(request, path)
+    if spelled.argument:
+        return path.upper()
+    return spelled.decls[0] if spelled.decls else "--" + path.replace("_", "-")
 
 
 ALIAS = "__alias"  # the parameter `field__alias0` carries the old spelling of `--field`

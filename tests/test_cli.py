@@ -26,6 +26,7 @@ COMMANDS = [
     ["finetune"],
     ["export"],
     ["generate"],
+    ["chat"],
     ["embed"],
     ["eval"],
     ["prep"],

@@ -13,14 +13,26 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmkit.errors import UsageError
 
+if TYPE_CHECKING:
+    from llmkit.flags import Flag
+
 M = TypeVar("M", bound=BaseModel)
+
+
+class Request(BaseModel):
+    """What a command takes (llmkit.config.requests): one field per option; `FLAGS` spells
+    the options whose flag differs from `--field-name`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    FLAGS: ClassVar[dict[str, Flag]] = {}
 
 
 class Section(BaseModel):

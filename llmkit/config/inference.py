@@ -1,5 +1,6 @@
-"""What the commands that decode take: `generate` and `serve` (beside llmkit.config.requests,
-which holds the other commands' requests; the CLI builds options from both alike)."""
+"""What the commands that decode take: `generate`, `chat` and `serve` (beside
+llmkit.config.requests, which holds the other commands' requests; the CLI builds options from
+both alike)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
+from llmkit.config.base import Request
 from llmkit.config.decoding import DecodingConfig, checked_template, shell_escapes
-from llmkit.config.requests import BATCH_SIZE, Request
+from llmkit.config.requests import BATCH_SIZE
 from llmkit.flags import ARGUMENT, Flag, flag
 
 DECODING = "Decoding (flags beat --recipe, which beats the model's defaults)"
 
 
 class DecodingRequest(DecodingConfig, Request):
-    """A command that decodes (generate, serve, chat): DecodingConfig's fields as flags, and
-    the model and prompt format they apply to."""
+    """A command that decodes (generate, chat, serve): DecodingConfig's fields as flags under
+    one panel, a --recipe whose generate: mapping sits under them, and the model and prompt
+    format they apply to. Declared once so every command spells and checks them alike."""
 
     FLAGS: ClassVar[dict[str, Flag]] = {
         **{name: flag(panel=DECODING) for name in DecodingConfig.model_fields},
@@ -91,6 +94,28 @@ class GenerateRequest(DecodingRequest):
         False, description="Continue an interrupted --input/--output job after its last batch."
     )
     overwrite: bool = Field(False, description="Replace an existing --output file.")
+
+
+class ChatRequest(DecodingRequest):
+    """`llmkit chat`: a conversation on the terminal (or through a pipe)."""
+
+    FLAGS: ClassVar[dict[str, Flag]] = {
+        **DecodingRequest.FLAGS,
+        "model": ARGUMENT,
+        # One streamed answer per turn: no beams, no alternatives (a recipe setting them is
+        # refused by the command).
+        "num_beams": Flag(cli=False),
+        "num_return_sequences": Flag(cli=False),
+    }
+
+    model: str | None = Field(
+        None,
+        description="Run folder, HF folder, LoRA adapter folder or hub name of a causal LM "
+        "with a chat template (default: embedded:smollm2).",
+    )
+    system: str | None = Field(
+        None, description="System prompt (default: the run's own, if any); /system changes it."
+    )
 
 
 LIMITS = "Limits (each refusal is a 4xx in OpenAI's error shape; the server keeps serving)"

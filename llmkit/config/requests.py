@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from llmkit.config.base import Request
 from llmkit.config.decoding import MAX_NEW_TOKENS, checked_template
 from llmkit.config.recipe import MAX_SEED, RunName
 from llmkit.flags import ARGUMENT, Flag, flag
@@ -22,12 +23,6 @@ from llmkit.flags import ARGUMENT, Flag, flag
 # of 32 beat 8 of 8 (64 answers: 17 s vs 8 x 4.2 s = 34 s). Greedy answers are identical at
 # any batch size (checked at 8, 32 and 64); sampled ones with --seed follow the batches.
 BATCH_SIZE = 32
-
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    FLAGS: ClassVar[dict[str, Flag]] = {}
 
 
 # --- training and data ----------------------------------------------------------------------

@@ -126,11 +126,16 @@ def _chat_text(tokenizer: Any, prompt: str, system: str | None) -> str:
     return str(text)
 
 
+def context_size(model: Any) -> int | None:
+    """Positions the model can attend over (prompt + answer), if its config says."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if limit else None
+
+
 def check_context(model: Any, ids: list[list[int]], max_new_tokens: int | None) -> None:
     """Refuse prompts that cannot fit: past the position table a GPT-2 fails mid-batch."""
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
-        model.config, "n_positions", None
-    )
+    limit = context_size(model)
     if not limit or max_new_tokens is None:
         return
     longest = max(range(len(ids)), key=lambda i: len(ids[i]))
