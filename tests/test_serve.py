@@ -61,10 +61,16 @@ class Server:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=key or "-", max_retries=0)
 
     def raw(
-        self, method: str, path: str, body: bytes | None = None, key: str | None = KEY
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        key: str | None = KEY,
+        content_type: str | None = "application/json",
     ) -> tuple[int, Any]:
         req = urllib.request.Request(self.url + path, data=body, method=method)
-        req.add_header("Content-Type", "application/json")
+        if content_type is not None:  # None: urllib's form type, as curl -d sends
+            req.add_header("Content-Type", content_type)
         if key:
             req.add_header("Authorization", f"Bearer {key}")
         try:
@@ -190,6 +196,13 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(
     assert set(payload["error"]) == {"message", "type", "param", "code"}
     assert words in payload["error"]["message"]
     assert chat(server.client(), max_tokens=2).choices[0].message.content is not None
+
+
+def test_json_sent_as_a_form_is_answered(server: Server) -> None:
+    """`curl -d '{...}'` labels JSON as a form; transformers' route would refuse it."""
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
+    status, payload = server.raw("POST", "/v1/chat/completions", body, content_type=None)
+    assert status == 200 and payload["usage"]["completion_tokens"] >= 1
 
 
 def test_transformers_admin_routes_are_closed(server: Server) -> None:

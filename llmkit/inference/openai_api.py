@@ -169,9 +169,20 @@ class Guard:
         except ApiError as e:
             await _respond(send, e.status, e.body())
             return
+        data = json.dumps(body).encode()
+        # The body is now checked JSON (curl sends form content-type by default) and its
+        # length changed with the filled-in defaults.
+        kept = [
+            (k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")
+        ]
+        headers = [
+            *kept,
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(data)),
+        ]
         self.in_flight += 1
         try:
-            await self.app(scope, _replay(json.dumps(body).encode(), receive), send)
+            await self.app({**scope, "headers": headers}, _replay(data, receive), send)
         finally:
             self.in_flight -= 1
 
