@@ -128,8 +128,9 @@ def _run(
             for batch in _prefetched(_batches(reader), seconds):
                 _encode_and_write(store, batch, tokenizer, opt, phases[i].validation, state)
                 state["position"] = list(batch[-1].after)
-                seconds["total"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
+                now = time.perf_counter()
+                seconds["total"] += now - t0  # saved with the shard: the time up to its commit
+                t0 = now
                 store.commit(state, [h for p in batch for h in p.hashes], i)
                 bar(sum(p.n_bytes for p in batch) // 1024, tokens=state["last_tokens"])
             if opt.task == "masked_lm":
