@@ -75,6 +75,7 @@ check: lint typecheck test test-slow
 bench: install
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_prep.py
+	$(BIN)/python benchmarks/bench_prep_scale.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_bootstrap.py
 	$(BIN)/python benchmarks/bench_generate.py

@@ -32,7 +32,8 @@ class DataConfig(Section):
     text_column: str = Field("text", description="Column holding the text in .jsonl/.csv/hub rows.")
     validation: ValidationSplit = Field(
         0.05,
-        description="Held-out share of blocks (0 < x < 1), or a file used as the validation set.",
+        description="Held-out share of pieces (rows, ~1 KB of a text file; 0 < x < 1) chosen by "
+        "a hash of their text, or a file used as the validation set.",
     )
     min_chars: int = Field(
         1, ge=1, description="Drop lines (or rows) shorter than this after stripping."

@@ -1,10 +1,11 @@
-"""`llmkit prep`: read -> clean -> tokenize -> pack -> split, cached by content.
+"""`llmkit prep`: stream -> clean -> tokenize -> split -> pack into shards, cached by content.
 
 The cache key hashes the raw bytes of every source, the tokenizer (vocabulary, merges,
 specials) and every option that changes the blocks. A second run with the same inputs only
-memory-maps two .npy files (milliseconds); any change to a file, the tokenizer or an option
-gives a new key, so a stale cache is never read. Entries are written to a temporary folder
-and renamed into place, so a crash never leaves half an entry.
+memory-maps the .npy files (milliseconds); any change to a file, the tokenizer or an option
+gives a new key, so a stale cache is never read. A new entry is streamed into
+`.<key>.partial/` shard by shard (`llmkit.data.pipeline`, `llmkit.data.shards`) and renamed
+into place when whole: a crash never leaves half an entry, and a rerun resumes the partial one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,21 +23,14 @@ import numpy as np
 
 from llmkit import assets
 from llmkit.config.pretrain import PretrainRecipe
-from llmkit.data import sources
-from llmkit.data.packing import TOKEN_DTYPE, pack_causal, pack_sentences
+from llmkit.data import pipeline, shards, sources, stream
+from llmkit.data.packing import TOKEN_DTYPE
 from llmkit.data.tokenizer import build_trained_tokenizer, check_special_tokens, fingerprint
 from llmkit.errors import UsageError
-from llmkit.io.write import atomic_folder
+from llmkit.io.write import atomic_folder, write_json
 
-CACHE_VERSION = 1
-# Validation blocks are drawn with their own fixed seed, so changing train.seed never moves
-# text between the splits (eval numbers stay comparable across seeds).
-SPLIT_SEED = 1234
-# Long documents are tokenized in chunks of ~64 KB cut at line ends, so the Rust tokenizer's
-# batch encoding spreads one 200 KB play over all cores instead of one.
-CHUNK_CHARS = 1 << 16
-# Characters per tokenizer call (~1 s on 2 cores): the bound on how late Ctrl-C can land.
-BATCH_CHARS = 1 << 22
+# 2: streamed shards, uint16 ids when the vocabulary fits, validation by a hash per piece.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -80,9 +73,21 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
     folder = prep_cache_root() / "tokenizers" / key
     if not (folder / "tokenizer_config.json").exists():
         t0 = time.perf_counter()
-        corpus = _read(recipe)
+        d = recipe.data
+        seen = stream.SeenHashes() if d.dedupe else None
+        texts = (
+            piece.text
+            for piece in stream.pieces(
+                sources.expand_sources(d.sources),
+                (0, 0),
+                text_column=d.text_column,
+                min_chars=d.min_chars,
+                seen=seen,
+            )
+            if piece.lines
+        )
         tok = build_trained_tokenizer(
-            corpus.documents,
+            texts,
             kind=t.kind,
             vocab_size=t.vocab_size,
             min_frequency=t.min_frequency,
@@ -96,7 +101,8 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
 
 
 def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> PreparedData:
-    """Blocks for the recipe, from the cache when the content hash matches."""
+    """Blocks for the recipe, from the cache when the content hash matches; otherwise
+    streamed into a new entry (resuming a killed run's partial entry)."""
     d = recipe.data
     val_is_file = isinstance(d.validation, str)
     key = _hash(
@@ -115,186 +121,83 @@ def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> 
     folder = prep_cache_root() / key
     t0 = time.perf_counter()
     data = _load_cached(folder)
-    if data is not None:
-        if verbose:
-            print(
-                f"prep: cache hit {folder} ({time.perf_counter() - t0:.2f}s): "
-                f"{data.meta['n_tokens']:,} tokens, {len(data.train):,} train + "
-                f"{len(data.validation):,} validation blocks of {d.block_size}"
-            )
-        return _cap_eval(data, d.max_eval_blocks)
-
-    timings: dict[str, float] = {}
-    corpus = _read(recipe)
-    timings["read+clean"] = time.perf_counter() - t0
-    arrays, n_tokens, t_tok, t_pack = _tokenize_and_pack(recipe, tokenizer, corpus.documents)
-    timings["tokenize"], timings["pack"] = t_tok, t_pack
-
-    t1 = time.perf_counter()
-    if val_is_file:
-        val_corpus = sources.read_corpus(
-            [str(d.validation)], text_column=d.text_column, min_chars=d.min_chars, dedupe=d.dedupe
+    if data is None:
+        work = shards.work_folder(folder)
+        with shards.locked(work):
+            data = _load_cached(folder)  # a twin process may have finished it meanwhile
+            if data is None:
+                resumed = (work / shards.MANIFEST).exists()
+                if resumed and verbose:
+                    print(f"prep: resuming the partial entry {work}")
+                meta = _build(recipe, tokenizer, folder, progress=verbose)
+                write_json(work / "meta.json", meta)
+                shards.publish(work, folder)
+                if verbose:
+                    _report(meta, folder)
+                return _cap_eval(_load(folder), d.max_eval_blocks)
+        if work.exists() and folder.exists():
+            shutil.rmtree(work, ignore_errors=True)  # the empty folder our lock made
+    if verbose:
+        print(
+            f"prep: cache hit {folder} ({time.perf_counter() - t0:.2f}s): "
+            f"{data.meta['n_tokens']:,} tokens, {len(data.train):,} train + "
+            f"{len(data.validation):,} validation blocks of {d.block_size}"
         )
-        val_arrays, _, _, _ = _tokenize_and_pack(recipe, tokenizer, val_corpus.documents)
-        train_arrays = arrays
-    else:
-        train_arrays, val_arrays = _split(arrays, float(d.validation))
-    timings["split"] = time.perf_counter() - t1
-    if len(train_arrays["blocks"]) == 0 or len(val_arrays["blocks"]) == 0:
+    return _cap_eval(data, d.max_eval_blocks)
+
+
+def _build(
+    recipe: PretrainRecipe, tokenizer: Any, folder: Path, *, progress: bool
+) -> dict[str, Any]:
+    d = recipe.data
+    phases = [
+        pipeline.Phase(
+            sources.expand_sources(d.sources),
+            1.0 if isinstance(d.validation, str) else float(d.validation),
+        )
+    ]
+    if isinstance(d.validation, str):
+        phases.append(pipeline.Phase(sources.expand_sources([d.validation]), 1.0))
+        phases[0] = pipeline.Phase(phases[0].paths, 0.0)
+    opt = pipeline.Options(recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe)
+    state = pipeline.build(folder, phases, tokenizer, opt, progress=progress)
+    counts = state["counts"]
+    if counts["n_lines_kept"] == 0:
+        shutil.rmtree(shards.work_folder(folder), ignore_errors=True)  # ours, and useless
         raise UsageError(
-            f"data: the corpus ({n_tokens:,} tokens) is too short for one training and one "
-            f"validation block of data.block_size={d.block_size}; add text or lower block_size"
+            f"data.sources: the corpus is empty after cleaning ({counts['n_lines_read']} lines "
+            f"read; min_chars={d.min_chars})"
         )
-    meta = {
+    if state["n_train_blocks"] == 0 or state["n_validation_blocks"] == 0:
+        shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
+        raise UsageError(
+            f"data: the corpus ({counts['n_tokens']:,} tokens) is too short for one training "
+            f"and one validation block of data.block_size={d.block_size}; add text or lower "
+            "block_size"
+        )
+    return {
         "task": recipe.task,
-        "n_documents": len(corpus.documents),
-        "n_lines_read": corpus.n_lines_read,
-        "n_lines_kept": corpus.n_lines_kept,
-        "n_chars": corpus.n_chars,
-        "n_tokens": n_tokens,
+        **counts,
         "block_size": d.block_size,
-        "n_train_blocks": len(train_arrays["blocks"]),
-        "n_validation_blocks": len(val_arrays["blocks"]),
+        "n_train_blocks": state["n_train_blocks"],
+        "n_validation_blocks": state["n_validation_blocks"],
         "vocab_size": len(tokenizer),
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "split": "validation: pieces (rows, ~1 KB of a text file) whose xxh3 hash < share",
+        "seconds": {k: round(v, 3) for k, v in state["seconds"].items()},
     }
 
-    def write(tmp: Path) -> None:
-        for split, arrs in (("train", train_arrays), ("validation", val_arrays)):
-            for name, arr in arrs.items():
-                np.save(tmp / f"{split}_{name}.npy", arr)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    atomic_folder(folder, write)
-    if verbose:
-        phases = " | ".join(f"{k} {v:.2f}s" for k, v in timings.items())
-        print(
-            f"prep: {len(corpus.documents):,} documents, {corpus.n_lines_kept:,}/"
-            f"{corpus.n_lines_read:,} lines kept, {n_tokens:,} tokens -> "
-            f"{meta['n_train_blocks']:,} train + {meta['n_validation_blocks']:,} validation "
-            f"blocks of {d.block_size} ({phases})"
-        )
-        print(f"prep: cached in {folder}")
-    return _cap_eval(_load(folder), d.max_eval_blocks)
-
-
-def _read(recipe: PretrainRecipe) -> sources.Corpus:
-    d = recipe.data
-    return sources.read_corpus(
-        d.sources, text_column=d.text_column, min_chars=d.min_chars, dedupe=d.dedupe
+def _report(meta: dict[str, Any], folder: Path) -> None:
+    seconds = meta["seconds"]
+    phases = " | ".join(f"{k} {v:.2f}s" for k, v in seconds.items() if k != "total")
+    rate = meta["n_tokens"] / max(seconds["total"], 1e-9)
+    print(
+        f"prep: {meta['n_documents']:,} documents, {meta['n_lines_kept']:,}/"
+        f"{meta['n_lines_read']:,} lines kept, {meta['n_tokens']:,} tokens -> "
+        f"{meta['n_train_blocks']:,} train + {meta['n_validation_blocks']:,} validation "
+        f"blocks of {meta['block_size']} ({phases}; {rate:,.0f} tokens/s)"
     )
-
-
-def _tokenize_and_pack(
-    recipe: PretrainRecipe, tokenizer: Any, documents: list[str]
-) -> tuple[dict[str, np.ndarray], int, float, float]:
-    d = recipe.data
-    t0 = time.perf_counter()
-    if recipe.task == "causal_lm":
-        chunks, owner = _chunk_documents(documents)
-        ids = _encode(tokenizer, chunks)
-        docs: list[list[int]] = [[] for _ in documents]
-        for i, chunk_ids in zip(owner, ids, strict=True):
-            docs[i].extend(chunk_ids)
-        t_tok = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        blocks = pack_causal(docs, eos_id=tokenizer.eos_token_id, block_size=d.block_size)
-        return {"blocks": blocks}, sum(map(len, docs)), t_tok, time.perf_counter() - t1
-
-    # Masked LM: sentences (lines) are the unit of packing; remember where words start.
-    lines = [doc.split("\n") for doc in documents]
-    flat = [ln for doc in lines for ln in doc]
-    encodings = _encode_with_words(tokenizer, flat)
-    t_tok = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    sentence_ids, it = [], iter(encodings)
-    for doc in lines:
-        sentence_ids.append([next(it) for _ in doc])
-    # Token ids and word-start flags are packed the same way, so they stay aligned.
-    blocks, lengths = pack_sentences(
-        [[ids for ids, _ in doc] for doc in sentence_ids],
-        cls_id=tokenizer.cls_token_id,
-        sep_id=tokenizer.sep_token_id,
-        pad_id=tokenizer.pad_token_id,
-        block_size=d.block_size,
-    )
-    starts, _ = pack_sentences(
-        [[st for _, st in doc] for doc in sentence_ids],
-        cls_id=1,
-        sep_id=1,
-        pad_id=1,
-        block_size=d.block_size,
-    )
-    n_tokens = sum(len(ids) for ids, _ in encodings)
-    arrays = {"blocks": blocks, "lengths": lengths, "word_starts": starts.astype(np.uint8)}
-    return arrays, n_tokens, t_tok, time.perf_counter() - t1
-
-
-def _chunk_documents(documents: list[str]) -> tuple[list[str], list[int]]:
-    chunks: list[str] = []
-    owner: list[int] = []
-    for i, doc in enumerate(documents):
-        start = 0
-        while start < len(doc):
-            end = doc.find("\n", start + CHUNK_CHARS)
-            end = len(doc) if end == -1 else end + 1
-            chunks.append(doc[start:end])
-            owner.append(i)
-            start = end
-    return chunks, owner
-
-
-def _batches(texts: list[str]) -> Iterator[list[str]]:
-    """Runs of texts of ~BATCH_CHARS in all. One Rust batch call cannot be interrupted, so
-    Ctrl-C waits for the batch in flight: ~1 s, not the whole corpus (17 s seen)."""
-    start = size = 0
-    for i, text in enumerate(texts):
-        size += len(text)
-        if size >= BATCH_CHARS:
-            yield texts[start : i + 1]
-            start, size = i + 1, 0
-    if start < len(texts):
-        yield texts[start:]
-
-
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return list(tokenizer(texts, add_special_tokens=False)["input_ids"])
-    # encode_batch_fast skips offset tracking: ~1.5x faster than tokenizer(...) on 2 cores.
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    return [e.ids for batch in _batches(texts) for e in encode(batch, add_special_tokens=False)]
-
-
-def _encode_with_words(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-    backend = tokenizer.backend_tokenizer
-    out = []
-    encodings = (
-        e
-        for batch in _batches(texts)
-        for e in backend.encode_batch(batch, add_special_tokens=False)
-    )
-    for e in encodings:
-        prev: int | None = None
-        starts = []
-        for w in e.word_ids:
-            starts.append(int(w is None or w != prev))
-            prev = w
-        out.append((e.ids, starts))
-    return out
-
-
-def _split(
-    arrays: dict[str, np.ndarray], fraction: float
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    n = len(arrays["blocks"])
-    n_val = max(1, round(n * fraction)) if n > 1 else 0
-    order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return (
-        {k: v[train_idx] for k, v in arrays.items()},
-        {k: v[val_idx] for k, v in arrays.items()},
-    )
+    print(f"prep: cached in {folder}")
 
 
 def _load_cached(folder: Path) -> PreparedData | None:

@@ -53,7 +53,9 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
         elif Path(src).is_dir():
             found = sorted(str(p) for p in _walk(Path(src)) if _is_corpus_file(p))
             if not found:
-                raise UsageError(f"data.sources: folder {src} holds no .txt/.jsonl/.json/.csv file")
+                raise UsageError(
+                    f"data.sources: folder {src} holds no .txt/.jsonl/.json/.csv/.parquet file"
+                )
             out += found
         elif any(ch in src for ch in "*?["):
             found = sorted(glob.glob(src, recursive=True))
@@ -69,7 +71,7 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
 
 
 def _is_corpus_file(path: Path) -> bool:
-    return path.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES
+    return path.suffix.lower() in (*TEXT_SUFFIXES, *TABLE_SUFFIXES, ".parquet")
 
 
 def _walk(folder: Path) -> Iterator[Path]:
