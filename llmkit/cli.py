@@ -264,6 +264,15 @@ def chat_cmd(req: ChatRequest) -> None:
     run_chat(req)
 
 
+@command(app, "serve", "inference.ServeRequest")
+def serve_cmd(req: ServeRequest) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming) on
+    127.0.0.1, with continuous batching."""
+    from llmkit.commands.serve import run_serve
+
+    run_serve(req)
+
+
 @command(app, "classify", "ClassifyRequest")
 def classify_cmd(req: ClassifyRequest) -> None:
     """Label texts with a fine-tuned classifier: one text, stdin, or a file (JSONL out)."""
@@ -287,15 +296,6 @@ def eval_cmd(req: EvalRequest) -> None:
     from llmkit.commands.eval import run_eval
 
     run_eval(req)
-
-
-@command(app, "serve", "inference.ServeRequest")
-def serve_cmd(req: ServeRequest) -> None:
-    """Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming) on
-    127.0.0.1, with continuous batching."""
-    from llmkit.commands.serve import run_serve
-
-    run_serve(req)
 
 
 @command(app, "plot", "PlotRequest")
