@@ -36,7 +36,11 @@ pipeline.SHARD_CHARS = int(sys.argv[2])
 recipe = load_recipe(PretrainRecipe, sys.argv[1], json.loads(sys.argv[3]))
 data = prepare(recipe, load_tokenizer_for(recipe), verbose=True)
 print("cache_dir", data.cache_dir)
-print("peak_rss_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak. ru_maxrss is not: Linux folds the high-water mark of the
+# memory the child had before exec (the launching pytest, 1-2 GB late in the suite) into it.
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("peak_rss_kib", peak)
 """
 
 
@@ -213,9 +217,8 @@ def test_peak_memory_is_bounded_by_the_batch_not_the_corpus(tmp_path: Path) -> N
     result = _run(TINY, 1 << 22, [f"data.sources=[{corpus}]", "data.dedupe=false"], tmp_path / "c")
     peak_mib = int(result["peak_rss_kib"]) / 1024
     # Holding the corpus as Python strings and ids took 33x its size (1.7 GB here); streaming
-    # holds one 4 MiB batch plus torch/transformers: ~500 MiB alone, and once 1,221 MiB in the
-    # full suite on a loaded machine (not reproduced alone). The bound is issue 16's target.
-    assert peak_mib < 1536, f"peak RSS {peak_mib:.0f} MiB"
+    # holds one 4 MiB batch plus torch/transformers (~400 MB measured).
+    assert peak_mib < 1000, f"peak RSS {peak_mib:.0f} MiB"
     meta = json.loads((Path(result["cache_dir"]) / "meta.json").read_text())
     assert meta["n_tokens"] > 10_000_000
 

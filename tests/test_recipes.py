@@ -146,7 +146,19 @@ def test_unknown_recipe_name_suggests_the_close_one() -> None:
 
 TRAINING = [n for n in SHIPPED if n.startswith(("pretrain/", "finetune/"))]
 # Values tried for a field, in order; the first that is valid and differs from the recipe's.
-CANDIDATES = ["3", "7", "0.5", "0.25", "true", "false", "null", "runs/other", "linear", "fp32", "fsdp"]
+CANDIDATES = [
+    "3",
+    "7",
+    "0.5",
+    "0.25",
+    "true",
+    "false",
+    "null",
+    "runs/other",
+    "linear",
+    "fp32",
+    "fsdp",
+]
 
 
 def _schema(name: str) -> type[PretrainRecipe] | type[FinetuneRecipe]:
