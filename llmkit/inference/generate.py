@@ -312,29 +312,46 @@ def _as_list(stops: str | list[str] | None) -> list[str]:
     return [stops] if isinstance(stops, str) else list(stops)
 
 
-def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
-    """A TextStreamer that prints to stdout but never shows a stop string or what follows.
+class StopCut:
+    """An answer arriving in pieces, shown without any stop string or what follows it: text
+    that could be the start of a stop string is held back until the next piece shows it is
+    not (stop "\\n\\n": a lone "\\n" waits one token). Streamed generation and the
+    server's streams both use it."""
 
-    Text that could be the start of a stop string is held back until the next token shows it
-    is not (stop "\\n\\n": a lone "\\n" waits one token).
-    """
+    def __init__(self, stops: list[str]) -> None:
+        self.stops, self.text, self.shown, self.stopped = stops, "", 0, False
+
+    def feed(self, text: str) -> str:
+        """What can be shown now of the answer so far, beyond what was shown before."""
+        if self.stopped:
+            return ""
+        self.text += text
+        visible = cut_at_stop(self.text, self.stops)
+        if len(visible) < len(self.text):
+            self.stopped = True
+        else:
+            visible = visible[: len(visible) - partial_stop(visible, self.stops)]
+        new, self.shown = visible[self.shown :], max(self.shown, len(visible))
+        return new
+
+    def flush(self) -> str:
+        """The held-back tail, once the answer has ended without reaching a stop string."""
+        return "" if self.stopped else self.text[self.shown :]
+
+
+def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
+    """A TextStreamer that prints to stdout but never shows a stop string or what follows."""
     from transformers import TextStreamer
 
     class StopAwareStreamer(TextStreamer):
         def __init__(self) -> None:
             super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.text = ""
-            self.shown = 0
+            self.cut = StopCut(stops)
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            self.text += text
-            visible = cut_at_stop(self.text, stops)
-            if len(visible) == len(self.text) and not stream_end:
-                visible = visible[: len(visible) - partial_stop(visible, stops)]
-            sys.stdout.write(visible[self.shown :])
-            self.shown = max(self.shown, len(visible))
+            sys.stdout.write(self.cut.feed(text))
             if stream_end:
-                sys.stdout.write("\n")
+                sys.stdout.write(self.cut.flush() + "\n")
             sys.stdout.flush()
 
     return StopAwareStreamer()

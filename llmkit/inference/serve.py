@@ -8,11 +8,11 @@ embedded default) and stays pinned; requests are decoded as `llmkit generate` de
 prompt apply); the checks of `openai_api.Guard`; and two fixes to the answers:
 
 - continuous batching (paged attention, all concurrent requests in one forward pass) runs on
-  CPU too (transformers 5.24): 32 chat answers of 32 tokens took 18.5 s batched against
-  ~45 s one at a time with SmolLM2. But it shares one sampling setup among the batch (the
-  first request's) and ignores `stop`, so only requests decoded with the server's own
-  options are batched; one asking for another temperature, a seed or stop strings is
-  answered alone, correctly, by `model.generate`;
+  CPU too (transformers 5.24): 32 concurrent chat requests of 32 tokens ran at 112.8 tokens/s
+  against 18.6 one at a time with SmolLM2 (benchmarks/bench_serve.py). But it shares one
+  sampling setup among the batch (the first request's) and ignores `stop`, so only requests
+  decoded with the server's own options are batched; one asking for another temperature, a
+  seed or stop strings is answered alone, correctly, by `model.generate`;
 - OpenAI's `stop` strings are not part of the answer; transformers returns them: cut here,
   held back in streams until it is clear they are not the start of a stop string.
 """
@@ -24,7 +24,7 @@ import json
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS, cut_at_stop, partial_stop
+from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS, StopCut, cut_at_stop
 from llmkit.inference.openai_api import CHAT, ApiError, Guard, Limits, Served
 from llmkit.models.card import PromptFormat
 from llmkit.models.load import LoadedModel
@@ -112,9 +112,10 @@ def build_app(
     return Guard(app, served, limits)
 
 
-# On CPU transformers sizes the paged KV cache at 60-90% of free RAM (14 GB of these 24 GB
-# machines; the first request then spends ~20 s allocating it). 16k tokens hold 32 requests of
-# 512 tokens: 0.7 GB for SmolLM2 (30 layers x 2 x 3 KV heads x 64 dims x 4 bytes per token).
+# On CPU transformers sizes the paged KV cache at 60-90% of free RAM (~14 GB of these 24 GB
+# machines, computed): the first request took 22.5 s, against 5.3 s with this cap (measured).
+# 16k tokens hold 32 requests of 512 tokens: 0.7 GB for SmolLM2 (30 layers x 2 x 3 KV heads
+# x 64 dims x 4 bytes per token).
 CPU_CACHE_TOKENS = 16384
 
 
@@ -148,14 +149,14 @@ class _StopCutting:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._streams: dict[str, _StreamCut] = {}
+        self._streams: dict[str, StopCut] = {}
 
     async def handle_request(self, body: dict[str, Any], request_id: str) -> Any:
         _BATCHABLE.set(_batchable(body, self.base_config))
         stops = body.get("stop")
         stops = [stops] if isinstance(stops, str) else list(stops or [])
         if stops and body.get("stream"):
-            self._streams[request_id] = _StreamCut(stops)
+            self._streams[request_id] = StopCut(stops)
         response = await super().handle_request(body, request_id)  # type: ignore[misc]
         if stops and not body.get("stream"):
             return _cut_response(response, stops)
@@ -170,27 +171,6 @@ class _StopCutting:
             shown += cut.flush()
             del self._streams[request_id]
         return shown if shown or text is not None else None
-
-
-class _StreamCut:
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.text, self.shown, self.stopped = stops, "", 0, False
-
-    def feed(self, text: str) -> str:
-        """The part of the answer so far that is certain not to be (in) a stop string."""
-        if self.stopped:
-            return ""
-        self.text += text
-        visible = cut_at_stop(self.text, self.stops)
-        if len(visible) < len(self.text):
-            self.stopped = True
-        else:
-            visible = visible[: len(visible) - partial_stop(visible, self.stops)]
-        new, self.shown = visible[self.shown :], max(self.shown, len(visible))
-        return new
-
-    def flush(self) -> str:
-        return "" if self.stopped else self.text[self.shown :]
 
 
 def _cut_response(response: Any, stops: list[str]) -> Any:
