@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import context_size, cut_at_stop, make_streamer
+from llmkit.inference.generate import (
+    GeneratedStop,
+    context_size,
+    cut_at_stop,
+    make_streamer,
+    without_stop_strings,
+)
 from llmkit.io.write import write_jsonl
 from llmkit.models.load import LoadedModel
 
@@ -227,6 +233,11 @@ def stream_reply(loaded: LoadedModel, ids: list[int], config: Any, stops: list[s
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
     stop, done = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
+    config, own = without_stop_strings(config)
+    stops = [*stops, *(s for s in own if s not in stops)]
+    criteria = StoppingCriteriaList([_StopOnEvent(stop)])
+    if stops:  # matched in the answer only, never across the conversation before it
+        criteria.append(GeneratedStop(tokenizer, stops, len(ids)))
 
     def work() -> None:
         try:
@@ -235,9 +246,8 @@ def stream_reply(loaded: LoadedModel, ids: list[int], config: Any, stops: list[s
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     generation_config=config,
-                    tokenizer=tokenizer if config.stop_strings else None,
                     streamer=make_streamer(tokenizer, stops),
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    stopping_criteria=criteria,
                 )
         except BaseException as e:  # re-raised in the caller's thread
             outcome["error"] = e

@@ -14,7 +14,11 @@ prompt apply); the checks of `openai_api.Guard`; and two fixes to the answers:
   decoded with the server's own options are batched; one asking for another temperature, a
   seed or stop strings is answered alone, correctly, by `model.generate`;
 - OpenAI's `stop` strings are not part of the answer; transformers returns them: cut here,
-  held back in streams until it is clear they are not the start of a stop string.
+  held back in streams until it is clear they are not the start of a stop string. And they
+  are matched in the answer only, by llmkit's own stopping criterion: transformers' would
+  match across the prompt (a stop string that began there ended the answer early, with
+  the rest of it left in) and build tables of vocabulary x stop length per request
+  (`llmkit.inference.generate.GeneratedStop`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ import json
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS, StopCut, cut_at_stop
+from llmkit.inference.generate import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GeneratedStop,
+    StopCut,
+    cut_at_stop,
+    without_stop_strings,
+)
 from llmkit.inference.openai_api import CHAT, ApiError, Guard, Limits, Served
 from llmkit.models.card import PromptFormat
 from llmkit.models.load import LoadedModel
@@ -54,6 +64,7 @@ def build_app(
 
     model, tokenizer = _servable(loaded)
     model.generation_config = generation_config
+    _stops_in_answers_only(model, tokenizer)
     base = generation_config
 
     class State(GenerationState):
@@ -104,6 +115,7 @@ def build_app(
     _openai_errors(app)
     served = Served(
         name=name,
+        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
         context=getattr(model.config, "max_position_embeddings", None),
         default_max_tokens=int(base.max_new_tokens or DEFAULT_MAX_NEW_TOKENS),
         count_prompt=lambda path, body: _prompt_tokens(tokenizer, path, body),
@@ -127,6 +139,28 @@ def _cache_config(model: Any, cache_tokens: int | None) -> Any:
     page = ContinuousBatchingConfig().page_size
     tokens = cache_tokens or CPU_CACHE_TOKENS
     return ContinuousBatchingConfig(num_blocks=max(1, -(-tokens // page)))
+
+
+def _stops_in_answers_only(model: Any, tokenizer: Any) -> None:
+    """transformers' handlers call `model.generate` with the request's stop strings in the
+    generation config; this model's generate takes them out and matches them in the answer
+    only (module doc). Continuous batching never calls it, and takes no request with stops."""
+    from transformers import StoppingCriteriaList
+
+    generate = model.generate
+
+    def generate_stopping_in_answer(*args: Any, **kwargs: Any) -> Any:
+        config = kwargs.get("generation_config")
+        if config is not None:
+            kwargs["generation_config"], stops = without_stop_strings(config)
+            if stops:
+                criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
+                prompt = kwargs["input_ids"].shape[-1]
+                criteria.append(GeneratedStop(tokenizer, stops, prompt))
+                kwargs["stopping_criteria"] = criteria
+        return generate(*args, **kwargs)
+
+    model.generate = generate_stopping_in_answer
 
 
 def _servable(loaded: LoadedModel) -> tuple[Any, Any]:
@@ -153,8 +187,9 @@ class _StopCutting:
 
     async def handle_request(self, body: dict[str, Any], request_id: str) -> Any:
         _BATCHABLE.set(_batchable(body, self.base_config))
-        stops = body.get("stop")
+        stops = body.get("stop")  # else the server's own (`llmkit serve --stop`)
         stops = [stops] if isinstance(stops, str) else list(stops or [])
+        stops = stops or without_stop_strings(self.base_config)[1]
         if stops and body.get("stream"):
             self._streams[request_id] = StopCut(stops)
         response = await super().handle_request(body, request_id)  # type: ignore[misc]
@@ -187,8 +222,8 @@ def _cut_response(response: Any, stops: list[str]) -> Any:
 
 def _batchable(body: dict[str, Any], base: Any) -> bool:
     """Whether the request decodes exactly as the server's options do (see module doc)."""
-    if any(body.get(k) is not None for k in _PER_REQUEST):
-        return False
+    if any(body.get(k) is not None for k in _PER_REQUEST) or base.stop_strings:
+        return False  # continuous batching ignores stop strings
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if not base.do_sample:
         return temperature in (None, 0) and top_p is None
