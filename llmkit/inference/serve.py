@@ -237,7 +237,11 @@ def _prompt_tokens(tokenizer: Any, path: str, body: dict[str, Any]) -> int:
         raise ApiError(400, "this model has no chat template: send the text to /v1/completions")
     try:
         ids = tokenizer.apply_chat_template(
-            body["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+            body["messages"],
+            tools=body.get("tools"),  # rendered into the prompt: they count
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
         )["input_ids"]
     except Exception as e:  # jinja2 errors: e.g. a template that refuses a system turn
         raise ApiError(400, f"the chat template refused these messages: {e}") from None
