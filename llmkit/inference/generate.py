@@ -307,10 +307,10 @@ class GeneratedStop:
     through: it matches over prompt + answer, so a stop string that begins inside the prompt
     ends the answer early with the rest of the stop string left in it; and it precomputes
     tables of vocabulary x stop length (49,152 tokens x 1,600 characters grew a process by
-    350 MB, measured; a 10 KB stop string took a server from 1.5 to 5 GB) and caches the
-    last eight. Here each step decodes only the newest tokens of each row: a stop string of
-    B UTF-8 bytes spans at most B tokens (every token is at least one byte), plus a few for
-    special tokens, which decode to nothing."""
+    350 MB; one 5,000-character stop string took `llmkit serve` from 1.2 to 3.5 GB at peak,
+    2.5 GB after: both measured) and caches the last eight. Here each step decodes only the
+    newest tokens of each row: a stop string of B UTF-8 bytes spans at most B tokens (every
+    token is at least one byte), plus a few for special tokens, which decode to nothing."""
 
     def __init__(self, tokenizer: Any, stops: list[str], prompt_length: int) -> None:
         self.tokenizer, self.stops, self.start = tokenizer, stops, prompt_length

@@ -12,7 +12,7 @@ a plain ASGI middleware that sits in front of it and, before a request reaches t
   OpenAI fields (pydantic), `max_tokens` within the cap and the context, prompt length in
   tokens, concurrent requests;
 - what every other field costs once decoded, before any work: a small body can still ask
-  for a lot (one 10 KB stop string took transformers' server from 1.5 to 5 GB): stop
+  for a lot (one 5,000-character stop string took the server from 1.2 to 3.5 GB): stop
   strings (4, of at most 256 characters), messages (2,048), tools (128, counted in the
   prompt), logit_bias (300 entries, token ids of this vocabulary, -100..100), n (1), seed,
   temperature and frequency_penalty in the ranges transformers can decode with, and
@@ -129,7 +129,7 @@ class _Common(BaseModel):
     n: int | None = Field(None, ge=1, le=1)  # one answer per request (transformers: same)
     stream: bool | None = None
     stop: str | list[str] | None = Field(None)
-    # torch.manual_seed takes 0..2**64-1; past it the request failed inside the handler.
+    # torch.manual_seed raises past 2**64-1 (inside transformers' handler: a 500).
     seed: int | None = Field(None, ge=0, lt=2**64)
     # transformers maps it to repetition_penalty 1 + value, which must be positive.
     frequency_penalty: float | None = Field(None, gt=-1, le=2)
