@@ -133,8 +133,9 @@ def read_records(
             problems.append(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
         except RecursionError:
             problems.append(f"{path}:{lineno}: JSON nested too deeply")
-    if problems and not parsed:  # not one line is JSON: the file is something else
-        first = next(line for line in text.splitlines() if line.strip())
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if problems and not parsed and not first.lstrip().startswith(("{", "[")):
+        # Not one line is JSON, nor begins like a row: the file is something else (a CSV).
         raise UsageError(
             f"{path} does not hold JSON Lines: no line is JSON (line 1 begins {first[:40]!r})"
         )
