@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmkit.config.decoding import MAX_STOP_CHARS, MAX_STOPS, DecodingConfig
-from llmkit.inference.generate import cut_at_stop, generate_texts, make_streamer
+from llmkit.inference.generate import generate_texts
+from llmkit.inference.stops import cut_at_stop, make_streamer
 from llmkit.models.load import LoadedModel, load_generator
 
 PROMPT = "The king said"

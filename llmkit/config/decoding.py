@@ -26,7 +26,7 @@ from llmkit.errors import UsageError
 # accepted, then failed after the model had loaded.
 MAX_NEW_TOKENS = 1_000_000
 # Stop strings: OpenAI's count (4), and a length past any delimiter people stop at. Each is
-# matched on every new token (llmkit.inference.generate.GeneratedStop decodes its length in
+# matched on every new token (llmkit.inference.stops.GeneratedStop decodes its length in
 # tokens each step), so they are bounded like every other input.
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256

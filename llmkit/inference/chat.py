@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import (
+from llmkit.inference.generate import context_size
+from llmkit.inference.stops import (
     GeneratedStop,
-    context_size,
     cut_at_stop,
     make_streamer,
     without_stop_strings,

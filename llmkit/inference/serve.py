@@ -18,7 +18,7 @@ prompt apply); the checks of `openai_api.Guard`; and two fixes to the answers:
   are matched in the answer only, by llmkit's own stopping criterion: transformers' would
   match across the prompt (a stop string that began there ended the answer early, with
   the rest of it left in) and build tables of vocabulary x stop length per request
-  (`llmkit.inference.generate.GeneratedStop`).
+  (`llmkit.inference.stops.GeneratedStop`).
 """
 
 from __future__ import annotations
@@ -28,14 +28,9 @@ import json
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import (
-    DEFAULT_MAX_NEW_TOKENS,
-    GeneratedStop,
-    StopCut,
-    cut_at_stop,
-    without_stop_strings,
-)
+from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS
 from llmkit.inference.openai_api import CHAT, ApiError, Guard, Limits, Served
+from llmkit.inference.stops import GeneratedStop, StopCut, cut_at_stop, without_stop_strings
 from llmkit.models.card import PromptFormat
 from llmkit.models.load import LoadedModel
 
@@ -187,7 +182,7 @@ class _StopCutting:
 
     async def handle_request(self, body: dict[str, Any], request_id: str) -> Any:
         _BATCHABLE.set(_batchable(body, self.base_config))
-        stops = body.get("stop")  # else the server's own (`llmkit serve --stop`)
+        stops = body.get("stop")  # else the server's own stop strings
         stops = [stops] if isinstance(stops, str) else list(stops or [])
         stops = stops or without_stop_strings(self.base_config)[1]
         if stops and body.get("stream"):
