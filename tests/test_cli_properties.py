@@ -129,8 +129,10 @@ def invocations(draw: st.DrawFn) -> list[str]:
         else:
             argv.append(draw(st.one_of(st.text(max_size=12), st.just("-"))))
         flag = draw(st.sampled_from(["--temperature", "--top-p", "--top-k", "--seed",
-                                     "--num-beams", "-n", "--batch-size"]))  # fmt: skip
-        return [*argv, flag, draw(st.one_of(values, st.sampled_from(["1", "2", "0.5"])))]
+                                     "--num-beams", "-n", "--batch-size", "--stop"]))  # fmt: skip
+        # Sizes past the bounds too (issue 23): 100,000 sequences, a 300-character stop string.
+        big = ["100000", "y" * 300, "\\n"]
+        return [*argv, flag, draw(st.one_of(values, st.sampled_from(["1", "2", "0.5", *big])))]
     if kind == "eval":
         preds = draw(st.one_of(paths_in, st.just("p.txt")))
         argv = ["eval", "--preds", preds, "--refs", draw(st.one_of(paths_in, st.just("r.txt")))]
