@@ -73,9 +73,19 @@ def read_stdin() -> str:
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stream (tests, embedding): already str
         text = sys.stdin.read()
-        decode_utf8(text.encode("utf-8", "surrogateescape"), "stdin", fix=STDIN_FIX)
+        decode_utf8(text_bytes(text), "stdin", fix=STDIN_FIX)
         return text.rstrip("\n")
     return decode_utf8(buffer.read(), "stdin", fix=STDIN_FIX).rstrip("\n")
+
+
+def text_bytes(text: str) -> bytes:
+    """The bytes a text stream decoded into `text`: bytes it could not decode come back as
+    themselves (surrogateescape), any other lone surrogate as its UTF-8-like form, which
+    `decode_utf8` then names."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 PARQUET_MAGIC = b"PAR1"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.io.files import STDIN_FIX, decode_utf8
+from llmkit.io.files import STDIN_FIX, decode_utf8, text_bytes
 from llmkit.io.write import atomic_path
 
 HISTORY_LINES = 1000
@@ -57,12 +57,9 @@ class LineInput:
     def _piped(self) -> str | None:
         # Bytes, not sys.stdin's text: under a C locale Python decodes stdin with
         # surrogateescape, and the tokenizer then failed on the surrogates with a traceback.
+        # A text stream without bytes under it (tests, embedding) gives str: back to bytes.
         buffer = getattr(sys.stdin, "buffer", None)
-        if buffer is None:  # a text stream (tests, embedding): already str
-            text = sys.stdin.readline()
-            raw = text.encode("utf-8", "surrogateescape")
-        else:
-            raw = buffer.readline()
+        raw = buffer.readline() if buffer is not None else text_bytes(sys.stdin.readline())
         if raw == b"":
             return None
         offset, line = self.offset, self.line
