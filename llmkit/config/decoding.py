@@ -27,7 +27,9 @@ from llmkit.errors import UsageError
 MAX_NEW_TOKENS = 1_000_000
 # Stop strings: OpenAI's count (4), and a length past any delimiter people stop at. Each is
 # matched on every new token (llmkit.inference.stops.GeneratedStop decodes its length in
-# tokens each step), so they are bounded like every other input.
+# tokens each step), so they are bounded like every other input: at the bound, 4 stops of
+# 256 CJK characters cost 7.1 ms per step at batch 8 (a 776-token window), "\n\n" 0.4 ms
+# (measured, SmolLM2's tokenizer), against ~65 ms per SmolLM2 step (~15 tokens/s at batch 1).
 MAX_STOPS = 4
 MAX_STOP_CHARS = 256
 # Sequences per prompt (beams or samples): each is a row of the batch and its KV cache;
