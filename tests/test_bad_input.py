@@ -377,7 +377,9 @@ CASES: dict[str, Case] = {
         "num_return_sequences",
     ),
     "non-UTF-8 on stdin": Case(
-        ["generate", "--model", "{tiny}", "-"], "stdin is not valid UTF-8", stdin=b"caf\xe9\n"
+        ["generate", "--model", "{tiny}", "-"],
+        "stdin:1: not valid UTF-8 (byte 0xe9 at offset 3)",
+        stdin=b"caf\xe9\n",
     ),
     "empty LoRA target list": Case(
         ["finetune", "--set", "lora.target_modules=[]"],

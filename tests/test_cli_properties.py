@@ -56,6 +56,12 @@ USER_FILES: dict[str, str | bytes] = {
     "old/.llmkit": '{"kind": "run"}',
     "old/config.json": "{}",
     "old/model.safetensors": b"weights of an earlier run",
+    # Files that are not what their suffix says, or not UTF-8 (issue 23, rule 5).
+    "latin1.jsonl": '{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"),
+    "latin1.csv": "text\nna\xefve\n".encode("latin-1"),
+    "fake.parquet": "text\nhello\n",
+    "csv.jsonl": "text,label\nhello,1\n",
+    "json.csv": '{"text": "hello"}\n',
 }
 INPUTS = [*sorted(USER_FILES), "corpus", "notes", "old", "missing.txt", "/dev/null", "."]
 OUTPUTS = [
@@ -80,6 +86,17 @@ GOOD_VALUES = {
 }  # fmt: skip
 
 values = st.one_of(st.sampled_from(HOSTILE_VALUES), st.text(max_size=8))
+# What `generate -` reads: UTF-8, or UTF-8 with a byte that never is at a random offset.
+stdin_bytes = st.one_of(
+    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.tuples(
+        st.text(max_size=20), st.sampled_from([b"\xff", b"\xc3", b"\x80"]), st.text(max_size=5)
+    ).map(
+        lambda p: (
+            p[0].encode("utf-8", "surrogatepass") + p[1] + p[2].encode("utf-8", "surrogatepass")
+        )
+    ),
+)
 paths_in = st.sampled_from(INPUTS)
 paths_out = st.sampled_from(OUTPUTS)
 
@@ -112,8 +129,10 @@ def invocations(draw: st.DrawFn) -> list[str]:
         else:
             argv.append(draw(st.one_of(st.text(max_size=12), st.just("-"))))
         flag = draw(st.sampled_from(["--temperature", "--top-p", "--top-k", "--seed",
-                                     "--num-beams", "-n", "--batch-size"]))  # fmt: skip
-        return [*argv, flag, draw(st.one_of(values, st.sampled_from(["1", "2", "0.5"])))]
+                                     "--num-beams", "-n", "--batch-size", "--stop"]))  # fmt: skip
+        # Sizes past the bounds too (issue 23): 100,000 sequences, a 300-character stop string.
+        big = ["100000", "y" * 300, "\\n"]
+        return [*argv, flag, draw(st.one_of(values, st.sampled_from(["1", "2", "0.5", *big])))]
     if kind == "eval":
         preds = draw(st.one_of(paths_in, st.just("p.txt")))
         argv = ["eval", "--preds", preds, "--refs", draw(st.one_of(paths_in, st.just("r.txt")))]
@@ -153,12 +172,12 @@ def _in_llmkit_folder(root: Path, rel: str) -> bool:
     return any((root / parent / ".llmkit").exists() for parent in Path(rel).parents)
 
 
-def _run(argv: list[str]) -> tuple[int, str, str]:
+def _run(argv: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
     from llmkit.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     saved = sys.argv, sys.stdin
-    sys.argv, sys.stdin = ["llmkit", *argv], io.StringIO("")
+    sys.argv, sys.stdin = ["llmkit", *argv], io.TextIOWrapper(io.BytesIO(stdin))
     code: int | str | None = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -170,7 +189,7 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
     return int(code or 0) if not isinstance(code, str) else 1, out.getvalue(), err.getvalue()
 
 
-def check_invariant(argv: list[str], tiny: Path) -> None:
+def check_invariant(argv: list[str], tiny: Path, stdin: bytes = b"") -> None:
     argv = [a.replace("{tiny}", str(tiny)) for a in argv]
     home = Path(tempfile.mkdtemp(prefix="llmkit-prop-"))
     root = home / "work"
@@ -183,7 +202,7 @@ def check_invariant(argv: list[str], tiny: Path) -> None:
         shutil.copytree(REPO / "tests" / "data", root / "tests" / "data")
         before = _snapshot(root)
         os.chdir(root)
-        code, _, err = _run(argv)
+        code, _, err = _run(argv, stdin)
         os.chdir(old_cwd)
 
         command = "prep tokenizer" if argv[:2] == ["prep", "tokenizer"] else argv[0]
@@ -232,13 +251,17 @@ COMMON = {
 
 
 @settings(max_examples=40, **COMMON)
-@given(argv=invocations())
-def test_hostile_invocations_keep_the_invariant(argv: list[str], tiny_gpt2_dir: Path) -> None:
-    check_invariant(argv, tiny_gpt2_dir)
+@given(argv=invocations(), stdin=stdin_bytes)
+def test_hostile_invocations_keep_the_invariant(
+    argv: list[str], stdin: bytes, tiny_gpt2_dir: Path
+) -> None:
+    check_invariant(argv, tiny_gpt2_dir, stdin)
 
 
 @pytest.mark.slow
 @settings(max_examples=600, **COMMON)
-@given(argv=invocations())
-def test_600_hostile_invocations_keep_the_invariant(argv: list[str], tiny_gpt2_dir: Path) -> None:
-    check_invariant(argv, tiny_gpt2_dir)
+@given(argv=invocations(), stdin=stdin_bytes)
+def test_600_hostile_invocations_keep_the_invariant(
+    argv: list[str], stdin: bytes, tiny_gpt2_dir: Path
+) -> None:
+    check_invariant(argv, tiny_gpt2_dir, stdin)

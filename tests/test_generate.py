@@ -25,8 +25,8 @@ from llmkit.inference.generate import (
     generate_texts,
     generate_with_stats,
     length_sorted_batches,
-    make_streamer,
 )
+from llmkit.inference.stops import make_streamer
 from llmkit.models.card import PromptFormat
 from llmkit.models.load import LoadedModel, load_generator
 

@@ -32,6 +32,7 @@ from llmkit.inference.chat import (
     context_budget,
     fit,
     has_chat_template,
+    newest_that_fit,
     read_conversation,
     save_conversation,
     stream_reply,
@@ -64,8 +65,14 @@ def run_chat(req: ChatRequest) -> None:
     if reader.interactive:
         note("chat: /help lists the commands; Ctrl-D or /exit ends")
     try:
-        while (line := reader.read("> ")) is not None and session.handle(line):
-            pass
+        while True:
+            try:
+                line = reader.read("> ")
+            except UsageError as e:  # a line that is not UTF-8: said, and the session goes on
+                print(e.render(WORDING), file=sys.stderr, flush=True)
+                continue
+            if line is None or not session.handle(line):
+                break
     finally:
         reader.close()
 
@@ -211,10 +218,20 @@ class Session:
             raise UsageError("/load takes one FILE")
         path = Path(words[0]).expanduser()
         system, turns = read_conversation(path)
+        n = len(turns) + (system is not None)
+        dropped = 0
+        if self.budget is not None:  # trimmed now, in time linear in what is kept
+            turns, dropped = newest_that_fit(self.loaded.tokenizer, turns, self.budget)
         self.conversation.turns = turns
         if system is not None:
             self.conversation.system = system
-        note(f"loaded {len(turns) + (system is not None)} messages from {path}")
+        note(f"loaded {n} messages from {path}")
+        if dropped:
+            note(
+                f"context: kept the newest {_exchanges(len(turns) // 2)}; the oldest "
+                f"{_exchanges(dropped)} do not fit the model's context ({self.budget} tokens "
+                f"for the conversation + {self.config.max_new_tokens} for the answer)"
+            )
 
 
 def _words(args: str, command: str) -> list[str]:
@@ -226,4 +243,6 @@ def _words(args: str, command: str) -> list[str]:
 
 
 def _exchanges(n: int) -> str:
-    return "exchange (question and answer)" if n == 1 else f"{n} exchanges (questions and answers)"
+    if n == 1:
+        return "exchange (question and answer)"
+    return f"{n:,} exchanges (questions and answers)"

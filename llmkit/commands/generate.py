@@ -14,12 +14,9 @@ from typing import Any
 from llmkit.config.decoding import DecodingConfig, layered
 from llmkit.config.inference import GenerateRequest
 from llmkit.errors import UsageError
-from llmkit.inference.generate import (
-    GenerationResult,
-    generate_with_stats,
-    make_streamer,
-)
+from llmkit.inference.generate import GenerationResult, generate_with_stats
 from llmkit.inference.resumable import check_resumable, generate_to_jsonl
+from llmkit.inference.stops import make_streamer
 from llmkit.io.console import note
 from llmkit.io.files import read_stdin, read_texts
 from llmkit.io.write import check_output

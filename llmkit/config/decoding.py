@@ -25,6 +25,16 @@ from llmkit.errors import UsageError
 # More new tokens than any model's context (the largest open models take ~10**6): 10**9 was
 # accepted, then failed after the model had loaded.
 MAX_NEW_TOKENS = 1_000_000
+# Stop strings: OpenAI's count (4), and a length past any delimiter people stop at. Each is
+# matched on every new token (llmkit.inference.stops.GeneratedStop decodes its length in
+# tokens each step), so they are bounded like every other input: at the bound, 4 stops of
+# 256 CJK characters cost 7.1 ms per step at batch 8 (a 776-token window), "\n\n" 0.4 ms
+# (measured, SmolLM2's tokenizer), against ~65 ms per SmolLM2 step (~15 tokens/s at batch 1).
+MAX_STOPS = 4
+MAX_STOP_CHARS = 256
+# Sequences per prompt (beams or samples): each is a row of the batch and its KV cache;
+# -n 1000000 was accepted, then ran out of memory.
+MAX_SEQUENCES = 64
 # Options that only change anything when sampling; setting one implies do_sample=True unless
 # do_sample is set (to False) explicitly, which then drops them (see `sampling_implied`).
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "typical_p")
@@ -75,11 +85,12 @@ class DecodingConfig(Section):
         default=None, ge=0, description="Never repeat an n-gram of this size (0 = off)."
     )
     num_beams: int | None = Field(
-        default=None, ge=1, description="Beam search width (1 = no beams)."
+        default=None, ge=1, le=MAX_SEQUENCES, description="Beam search width (1 = no beams)."
     )
     num_return_sequences: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_SEQUENCES,
         description="Completions per prompt (needs sampling or that many beams).",
     )
     seed: int | None = Field(
@@ -89,7 +100,10 @@ class DecodingConfig(Section):
         description="Seed torch before generating: same seed, same samples.",
     )
     stop: list[str] | None = Field(
-        default=None, description="Stop at the first of these strings; it is cut from the output."
+        default=None,
+        max_length=MAX_STOPS,
+        description=f"Stop at the first of these strings (up to {MAX_STOPS}, of at most "
+        f"{MAX_STOP_CHARS} characters) in the answer; it is cut from the output.",
     )
 
     @field_validator("temperature")
@@ -110,6 +124,8 @@ class DecodingConfig(Section):
     def _stops_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(s == "" for s in value):
             raise ValueError("a stop string cannot be empty")
+        if value is not None and any(len(s) > MAX_STOP_CHARS for s in value):
+            raise ValueError(f"a stop string can be at most {MAX_STOP_CHARS} characters")
         return value
 
     @model_validator(mode="after")

@@ -248,6 +248,7 @@ def _rows(src: str, start: int, column: str) -> Iterator[tuple[int, str]]:
         return
     path = Path(src)
     suffix = path.suffix.lower()
+    files.check_kind(path)
     if _is_parquet(src):
         yield from _parquet_rows(path, start, column)
     elif suffix == ".csv":
@@ -320,9 +321,7 @@ def _csv_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
 
 
 def _parquet_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
-    import pyarrow.parquet as pq  # a dependency of datasets
-
-    table = pq.ParquetFile(path)
+    table = files.open_parquet(path)
     if column not in table.schema_arrow.names:
         raise UsageError(
             f"{path}: no column '{column}' (columns: {', '.join(table.schema_arrow.names)}); "

@@ -20,12 +20,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import context_size, cut_at_stop, make_streamer
+from llmkit.inference.generate import context_size
+from llmkit.inference.stops import (
+    GeneratedStop,
+    cut_at_stop,
+    make_streamer,
+    without_stop_strings,
+)
+from llmkit.io.files import read_text
 from llmkit.io.write import write_jsonl
 from llmkit.models.load import LoadedModel
 
@@ -99,18 +106,48 @@ def fit(tokenizer: Any, conversation: Conversation, budget: int | None) -> tuple
     its answer) were dropped from the start to get there; the system prompt always stays.
     Dropped exchanges are gone from `conversation` too. A last question that does not fit
     even alone is an error (and stays in `conversation` for the caller to retract)."""
-    dropped = 0
-    while True:
-        ids = render(tokenizer, conversation)
-        if budget is None or len(ids) <= budget:
-            return ids, dropped
-        if len(conversation.turns) <= 1:
-            raise UsageError(
-                f"this message takes {len(ids)} tokens with the chat template and system "
-                f"prompt; the model's context leaves {budget} for the conversation"
-            )
-        del conversation.turns[:2]
-        dropped += 1
+    ids = render(tokenizer, conversation)
+    if budget is None or len(ids) <= budget:
+        return ids, 0
+    # Fewer exchanges never render longer, so the fewest to drop is found by bisection: a
+    # history of n exchanges costs log2(n) renders, not n (dropping one at a time rendered
+    # 10,000 loaded exchanges 10,000 times: the next message hung).
+    turns = conversation.turns
+    lo, hi = 1, (len(turns) - 1) // 2  # drop counts; `hi` leaves the last question alone
+    fitting: list[int] | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        trial = render(tokenizer, replace(conversation, turns=turns[2 * mid :]))
+        if len(trial) <= budget:
+            fitting, hi = trial, mid - 1
+        else:
+            lo = mid + 1
+    if fitting is None:
+        alone = render(tokenizer, replace(conversation, turns=turns[-1:]))
+        raise UsageError(
+            f"this message takes {len(alone)} tokens with the chat template and system "
+            f"prompt; the model's context leaves {budget} for the conversation"
+        )
+    del turns[: 2 * lo]
+    return fitting, lo
+
+
+def newest_that_fit(
+    tokenizer: Any, turns: list[dict[str, str]], budget: int
+) -> tuple[list[dict[str, str]], int]:
+    """The newest exchanges whose contents alone take at most `budget` tokens, and how many
+    older ones were left out. Contents are tokenized from the newest back, stopping at the
+    budget, so a long history costs time in what is kept, not in its length; the template's
+    own tokens are counted later, by `fit`."""
+    used, kept = 0, 0
+    for end in range(len(turns), 0, -2):
+        pair = [m["content"] for m in turns[max(0, end - 2) : end]]
+        used += sum(len(row) for row in tokenizer(pair, add_special_tokens=False)["input_ids"])
+        if used > budget:
+            break
+        kept += 1
+    exchanges = (len(turns) + 1) // 2
+    return turns[len(turns) - 2 * kept :] if kept else [], exchanges - kept
 
 
 # --- saved conversations -------------------------------------------------------------------
@@ -126,16 +163,9 @@ def save_conversation(path: Path, conversation: Conversation) -> int:
 def read_conversation(path: Path) -> tuple[str | None, list[dict[str, str]]]:
     """(system prompt, turns) from a JSONL file of messages, checked whole: one line naming
     the first problem (file:line) rather than a conversation the template then rejects."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a folder; give a .jsonl file") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{path} does not exist")
+    lines = read_text(path).splitlines()  # one line for a folder, a FIFO, a bad byte...
     system: str | None = None
     turns: list[dict[str, str]] = []
     for n, line in enumerate(lines, start=1):
@@ -227,6 +257,11 @@ def stream_reply(loaded: LoadedModel, ids: list[int], config: Any, stops: list[s
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
     stop, done = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
+    config, own = without_stop_strings(config)
+    stops = [*stops, *(s for s in own if s not in stops)]
+    criteria = StoppingCriteriaList([_StopOnEvent(stop)])
+    if stops:  # matched in the answer only, never across the conversation before it
+        criteria.append(GeneratedStop(tokenizer, stops, len(ids)))
 
     def work() -> None:
         try:
@@ -235,9 +270,8 @@ def stream_reply(loaded: LoadedModel, ids: list[int], config: Any, stops: list[s
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     generation_config=config,
-                    tokenizer=tokenizer if config.stop_strings else None,
                     streamer=make_streamer(tokenizer, stops),
-                    stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+                    stopping_criteria=criteria,
                 )
         except BaseException as e:  # re-raised in the caller's thread
             outcome["error"] = e

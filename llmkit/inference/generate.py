@@ -8,7 +8,6 @@ streamer, and only when streaming.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from llmkit.config.decoding import SAMPLING_FIELDS, DecodingConfig
 from llmkit.errors import UsageError
+from llmkit.inference.stops import AnswerStop, GeneratedStop, cut_at_stop, without_stop_strings
 from llmkit.io.console import ProgressBar
 from llmkit.models.card import RAW, PromptFormat
 from llmkit.models.load import LoadedModel
@@ -65,6 +65,8 @@ def _hf_updates(options: DecodingConfig) -> dict[str, Any]:
         # transformers warn that they are ignored.
         for name in SAMPLING_FIELDS:
             updates.pop(name, None)
+    # Carried as stop_strings, but every generate call takes them out (`without_stop_strings`)
+    # and matches them itself: see `llmkit.inference.stops.GeneratedStop` for why.
     if "stop" in updates:
         updates["stop_strings"] = updates.pop("stop")
     return updates
@@ -253,22 +255,23 @@ def _generate_batch(
     streamer: Any,
     answer_stops: list[str] | None = None,
 ) -> tuple[list[str], int]:
+    from transformers import StoppingCriteriaList
+
     model, tokenizer = loaded.model, loaded.tokenizer
     input_ids, mask = left_pad(rows, config.pad_token_id)
     device = model.device
-    criteria = None
+    config, stops = without_stop_strings(config)
+    start = 1 if loaded.is_encoder_decoder else input_ids.shape[1]
+    criteria = StoppingCriteriaList()
     if answer_stops:
-        from transformers import StoppingCriteriaList
-
-        start = 1 if loaded.is_encoder_decoder else input_ids.shape[1]
-        criteria = StoppingCriteriaList([_AnswerStop(tokenizer, answer_stops, start)])
+        criteria.append(AnswerStop(tokenizer, answer_stops, start))
+    elif stops:
+        criteria.append(GeneratedStop(tokenizer, stops, start))
     try:
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             generation_config=config,
-            # stop_strings are matched on token *strings*, so generate needs the tokenizer.
-            tokenizer=tokenizer if config.stop_strings else None,
             streamer=streamer,
             stopping_criteria=criteria,
         )
@@ -281,85 +284,7 @@ def _generate_batch(
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     if answer_stops:
         return [cut_at_stop(t.lstrip(), answer_stops) for t in texts], n_tokens
-    return [cut_at_stop(t, _as_list(config.stop_strings)) for t in texts], n_tokens
-
-
-class _AnswerStop:
-    """A stopping criterion: a row is done once its answer has begun (leading whitespace is
-    not an answer) and then holds a stop string. transformers' stop_strings would end an
-    answer at the newline a template's "Answer:" is often followed by, leaving it empty."""
-
-    def __init__(self, tokenizer: Any, stops: list[str], prompt_length: int) -> None:
-        self.tokenizer, self.stops, self.start = tokenizer, stops, prompt_length
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-        done = [any(s in t.lstrip() for s in self.stops) for t in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """Text before the earliest stop string (the stop string itself is dropped)."""
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
-
-
-def _as_list(stops: str | list[str] | None) -> list[str]:
-    if stops is None:
-        return []
-    return [stops] if isinstance(stops, str) else list(stops)
-
-
-class StopCut:
-    """An answer arriving in pieces, shown without any stop string or what follows it: text
-    that could be the start of a stop string is held back until the next piece shows it is
-    not (stop "\\n\\n": a lone "\\n" waits one token). Streamed generation and the
-    server's streams both use it."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.text, self.shown, self.stopped = stops, "", 0, False
-
-    def feed(self, text: str) -> str:
-        """What can be shown now of the answer so far, beyond what was shown before."""
-        if self.stopped:
-            return ""
-        self.text += text
-        visible = cut_at_stop(self.text, self.stops)
-        if len(visible) < len(self.text):
-            self.stopped = True
-        else:
-            visible = visible[: len(visible) - partial_stop(visible, self.stops)]
-        new, self.shown = visible[self.shown :], max(self.shown, len(visible))
-        return new
-
-    def flush(self) -> str:
-        """The held-back tail, once the answer has ended without reaching a stop string."""
-        return "" if self.stopped else self.text[self.shown :]
-
-
-def make_streamer(tokenizer: Any, stops: list[str]) -> Any:
-    """A TextStreamer that prints to stdout but never shows a stop string or what follows."""
-    from transformers import TextStreamer
-
-    class StopAwareStreamer(TextStreamer):
-        def __init__(self) -> None:
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.cut = StopCut(stops)
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            sys.stdout.write(self.cut.feed(text))
-            if stream_end:
-                sys.stdout.write(self.cut.flush() + "\n")
-            sys.stdout.flush()
-
-    return StopAwareStreamer()
-
-
-def partial_stop(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that begins some stop string."""
-    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return [cut_at_stop(t, stops) for t in texts], n_tokens
 
 
 # Answers per generate call during evaluation: on CPU a decode step reads every weight whatever

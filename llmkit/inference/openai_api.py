@@ -11,6 +11,12 @@ a plain ASGI middleware that sits in front of it and, before a request reaches t
 - body size (read in chunks, refused past the limit without buffering the rest), JSON, the
   OpenAI fields (pydantic), `max_tokens` within the cap and the context, prompt length in
   tokens, concurrent requests;
+- what every other field costs once decoded, before any work: a small body can still ask
+  for a lot (one 5,000-character stop string took the server from 1.2 to 3.5 GB): stop
+  strings (4, of at most 256 characters), messages (2,048), tools (128, counted in the
+  prompt), logit_bias (300 entries, token ids of this vocabulary, -100..100), n (1), seed,
+  temperature and frequency_penalty in the ranges transformers can decode with, and
+  `generation_config` / `chat_template_kwargs`, which would bypass every limit, refused;
 - fills in llmkit's defaults (`max_tokens`, the run's prompt template) so every request is
   decoded the way `llmkit generate` decodes it.
 
@@ -26,7 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from llmkit.config.decoding import MAX_STOP_CHARS, MAX_STOPS
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -49,6 +57,24 @@ class Limits:
     max_prompt_tokens: int | None = None  # None: the model's context
     max_tokens: int = 1024  # per answer; a CPU decodes ~20 tokens/s per sequence
     max_concurrent: int = 64  # in flight at once; more get 429 (clients retry)
+
+
+# Fixed limits per request field (OpenAI's own where it has one). Each bounds work done
+# before the prompt-token check, or work that check does not see.
+MAX_MESSAGES = 2048  # OpenAI's limit; each is a pass of the chat template
+MAX_TOOLS = 128  # OpenAI's limit on functions
+MAX_LOGIT_BIAS = 300  # entries; transformers builds one bias processor entry each
+# Below this, logits / temperature overflows float32 to inf and sampling fails (NaN).
+MIN_TEMPERATURE = 0.01
+# Fields that would bypass the checks above: a whole GenerationConfig (any max_new_tokens,
+# num_beams...) and keyword arguments for the chat template (ones apply_chat_template takes
+# itself crash it).
+REFUSED_FIELDS = {
+    "generation_config": "llmkit serve decodes with its own options; set max_tokens, "
+    "temperature, top_p, stop or seed",
+    "chat_template_kwargs": "the model's chat template renders every conversation as "
+    "llmkit chat renders it",
+}
 
 
 class ApiError(Exception):
@@ -103,18 +129,35 @@ class _Common(BaseModel):
     n: int | None = Field(None, ge=1, le=1)  # one answer per request (transformers: same)
     stream: bool | None = None
     stop: str | list[str] | None = Field(None)
-    seed: int | None = None
+    # torch.manual_seed raises past 2**64-1 (inside transformers' handler: a 500).
+    seed: int | None = Field(None, ge=0, lt=2**64)
+    # transformers maps it to repetition_penalty 1 + value, which must be positive.
+    frequency_penalty: float | None = Field(None, gt=-1, le=2)
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
+
+    @field_validator("temperature")
+    @classmethod
+    def _decodable_temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or from {MIN_TEMPERATURE} to 2")
+        return value
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ApiError(400, "stop: up to 4 non-empty strings", param="stop")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ApiError(
+                400,
+                f"stop: up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                "characters each",
+                param="stop",
+            )
         return stops
 
 
 class ChatBody(_Common):
-    messages: list[_ChatMessage] = Field(min_length=1)
+    messages: list[_ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[dict[str, Any]] | None = Field(None, max_length=MAX_TOOLS)
 
 
 class CompletionBody(_Common):
@@ -132,6 +175,7 @@ class Served:
     """What the guard needs to know about the one model being served."""
 
     name: str
+    vocab_size: int  # token ids a logit_bias may name
     context: int | None  # max positions; None: unbounded (no position table)
     default_max_tokens: int
     count_prompt: PromptCounter
@@ -224,8 +268,13 @@ class Guard:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON ({e})") from None
+        except RecursionError:  # `[[[[...`: 1 MiB nests far past Python's stack
+            raise ApiError(400, "the body's JSON is nested too deeply") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
+        for name, why in REFUSED_FIELDS.items():
+            if name in body:
+                raise ApiError(400, f"{name}: not accepted here: {why}", param=name)
         schema: type[_Common] = ChatBody if path == CHAT else CompletionBody
         try:
             checked = schema.model_validate(body)
@@ -247,9 +296,23 @@ class Guard:
                 {**m.model_dump(exclude_none=True), "content": m.text()} for m in checked.messages
             ]
         checked.stops()
+        self._check_logit_bias(checked.logit_bias)
         self._check_lengths(path, body, checked)
         served.prepare(path, body)
         return body
+
+    def _check_logit_bias(self, bias: dict[str, float] | None) -> None:
+        vocab = self.served.vocab_size
+        for key, value in (bias or {}).items():
+            # isascii: "²".isdigit() is true; 10 digits: int() of 4,300+ digits raises.
+            is_id = key.isascii() and key.isdigit() and len(key) <= 10
+            if not is_id or int(key) >= vocab or not -100 <= value <= 100:
+                raise ApiError(
+                    400,
+                    f"logit_bias: {key!r:.40}: {value}: keys are token ids from 0 to "
+                    f"{vocab - 1}, values from -100 to 100",
+                    param="logit_bias",
+                )
 
     def _check_lengths(self, path: str, body: dict[str, Any], checked: _Common) -> None:
         asked = getattr(checked, "max_completion_tokens", None) or checked.max_tokens

@@ -19,7 +19,11 @@ serving a run:
   bias, so a request that asks for one of those is answered alone by `model.generate` in the
   engine's process (`generate_alone`), correctly;
 - OpenAI's `stop` strings are not part of the answer; transformers returns them: cut here,
-  held back in streams until it is clear they are not the start of a stop string.
+  held back in streams until it is clear they are not the start of a stop string. And they
+  are matched in the answer only, by llmkit's own stopping criterion in the engine's process
+  (`stop_in_answers`): transformers' would match across the prompt (a stop string that began
+  there ended the answer early, with the rest of it left in) and build tables of vocabulary x
+  stop length per request (`llmkit.inference.stops.GeneratedStop`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,15 @@ from typing import Any
 from transformers.cli.serving.model_manager import ModelLoader
 
 from llmkit.errors import UsageError
-from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS, StopCut, cut_at_stop
+from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS
 from llmkit.inference.openai_api import CHAT, ApiError, Guard, Limits, Served
+from llmkit.inference.stops import (
+    GeneratedStop,
+    StopCut,
+    as_list,
+    cut_at_stop,
+    without_stop_strings,
+)
 from llmkit.models.card import PromptFormat
 from llmkit.models.load import LoadedModel
 
@@ -55,14 +66,22 @@ class ServedModel:
     tokenizer: Any
     generation_config: Any  # generate's options on the model's own (generation_config_for)
     description: str
+    vocab_size: int  # token ids a logit_bias may name
 
     @classmethod
     def from_loaded(
         cls, ref: str, loaded: LoadedModel, generation_config: Any, trust_remote_code: bool
     ) -> ServedModel:
         model, tokenizer = servable(loaded)
+        vocab = int(model.get_input_embeddings().weight.shape[0])
         return cls(
-            ref, trust_remote_code, model.config, tokenizer, generation_config, loaded.description
+            ref,
+            trust_remote_code,
+            model.config,
+            tokenizer,
+            generation_config,
+            loaded.description,
+            vocab,
         )
 
 
@@ -112,7 +131,28 @@ class RunLoader(ModelLoader):
         )
         model, tokenizer = servable(loaded)
         model.generation_config = GenerationConfig.from_dict(self.generation)
+        stop_in_answers(model, tokenizer)
         return model, tokenizer
+
+
+def stop_in_answers(model: Any, tokenizer: Any) -> None:
+    """Stop strings matched in the answer only (module doc), in the engine's process: its
+    runners call `model.generate(..., stop_strings=...)` with the request's; the server's own
+    (generate's stop options) move from the generation config to the same criterion."""
+    from transformers import StoppingCriteriaList
+
+    model.generation_config, server_stops = without_stop_strings(model.generation_config)
+    generate = model.generate
+
+    def generate_stopping_in_answer(*args: Any, **kwargs: Any) -> Any:
+        stops = as_list(kwargs.pop("stop_strings", None)) or server_stops
+        if stops:
+            criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
+            criteria.append(GeneratedStop(tokenizer, stops, kwargs["input_ids"].shape[-1]))
+            kwargs["stopping_criteria"] = criteria
+        return generate(*args, **kwargs)
+
+    model.generate = generate_stopping_in_answer
 
 
 def generate_alone(
@@ -216,6 +256,7 @@ def build_app(
     guarded = Served(
         name=name,
         context=getattr(served.config, "max_position_embeddings", None),
+        vocab_size=served.vocab_size,
         default_max_tokens=int(base.max_new_tokens or DEFAULT_MAX_NEW_TOKENS),
         count_prompt=lambda path, body: _prompt_tokens(tokenizer, path, body),
         prepare=lambda path, body: _apply_format(fmt, path, body),
@@ -259,7 +300,7 @@ class _StopCutting:
 
     async def handle_request(self, body: dict[str, Any], request_id: str) -> Any:
         _BATCHABLE.set(_batchable(body, self.base_config))
-        stops = _stops(body)
+        stops = _stops(body) or without_stop_strings(self.base_config)[1]  # else the server's
         response = await super().handle_request(body, request_id)  # type: ignore[misc]
         if not stops:
             return response
@@ -295,7 +336,8 @@ class _StopCutting:
                         found[0][found[1]] = cut.feed(found[0][found[1]])
                     if choice.get("finish_reason") is not None and found:
                         found[0][found[1]] = (found[0].get(found[1]) or "") + cut.flush()
-                out.append("data: " + json.dumps(data, ensure_ascii=False))
+                # Compact, as transformers writes its events (pydantic's JSON).
+                out.append("data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")))
             yield "\n\n".join(out)
 
 
@@ -306,8 +348,8 @@ def _stops(body: dict[str, Any]) -> list[str]:
 
 def _batchable(body: dict[str, Any], base: Any) -> bool:
     """Whether the request decodes exactly as the server's options do (see module doc)."""
-    if any(body.get(k) is not None for k in _PER_REQUEST):
-        return False
+    if any(body.get(k) is not None for k in _PER_REQUEST) or base.stop_strings:
+        return False  # continuous batching ignores stop strings
     temperature, top_p = body.get("temperature"), body.get("top_p")
     if not base.do_sample:
         return temperature in (None, 0) and top_p is None
@@ -321,7 +363,11 @@ def _prompt_tokens(tokenizer: Any, path: str, body: dict[str, Any]) -> int:
         raise ApiError(400, "this model has no chat template: send the text to /v1/completions")
     try:
         ids = tokenizer.apply_chat_template(
-            body["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+            body["messages"],
+            tools=body.get("tools"),  # rendered into the prompt: they count
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
         )["input_ids"]
     except Exception as e:  # jinja2 errors: e.g. a template that refuses a system turn
         raise ApiError(400, f"the chat template refused these messages: {e}") from None

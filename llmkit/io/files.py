@@ -44,14 +44,69 @@ def read_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    return decode_utf8(raw, str(path), fix="re-encode the file, e.g. `iconv -f latin1 -t utf-8`")
+
+
+def decode_utf8(raw: bytes, where: str, *, offset: int = 0, line: int = 1, fix: str = "") -> str:
+    """`raw` as text, or one line naming `where`, the line and the byte offset of the first
+    byte that is not UTF-8 (`offset`/`line`: where `raw` begins in what is being read)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        line += raw[: e.start].count(b"\n")
+        at = offset + e.start
         raise UsageError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "re-encode the file, e.g. `iconv -f latin1 -t utf-8`"
-        ) from e
+            f"{where}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {at})"
+            + (f"; {fix}" if fix else "")
+        ) from None
+
+
+STDIN_FIX = "pipe UTF-8 text, e.g. through `iconv -f latin1 -t utf-8`"
+
+
+def read_stdin() -> str:
+    """Standard input as text (one trailing newline dropped), or one line naming the first
+    byte that is not UTF-8. Read as bytes: under a C locale Python would decode stdin with
+    surrogateescape, and the tokenizer later failed on the surrogates with a traceback."""
+    import sys
+
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream (tests, embedding): already str
+        text = sys.stdin.read()
+        decode_utf8(text_bytes(text), "stdin", fix=STDIN_FIX)
+        return text.rstrip("\n")
+    return decode_utf8(buffer.read(), "stdin", fix=STDIN_FIX).rstrip("\n")
+
+
+def text_bytes(text: str) -> bytes:
+    """The bytes a text stream decoded into `text`: bytes it could not decode come back as
+    themselves (surrogateescape), any other lone surrogate as its UTF-8-like form, which
+    `decode_utf8` then names."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def open_parquet(path: Path) -> Any:
+    """A pyarrow ParquetFile, or one line saying the file is not Parquet (a Parquet file
+    begins and ends with the 4 bytes PAR1; pyarrow's own error was a traceback)."""
+    import pyarrow.parquet as pq  # a dependency of datasets
+
+    check_readable(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        return pq.ParquetFile(path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except Exception as e:  # pyarrow.ArrowInvalid and kin: a damaged or foreign file
+        seen = "it begins with PAR1" if head == PARQUET_MAGIC else f"it begins {head!r}"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a readable Parquet file ({seen}: {reason})") from None
 
 
 def read_records(
@@ -63,6 +118,7 @@ def read_records(
     `check(row)` returns a problem with a row (a missing column, say) or None; malformed
     lines and failed checks are reported together, so one run shows every bad line.
     """
+    check_kind(path)
     text = read_text(path)
     if path.suffix.lower() == ".csv":
         return _checked(_csv_rows(path, text), [], check)
@@ -87,7 +143,36 @@ def read_records(
             problems.append(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})")
         except RecursionError:
             problems.append(f"{path}:{lineno}: JSON nested too deeply")
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if problems and not parsed and not first.lstrip().startswith(("{", "[")):
+        # Not one line is JSON, nor begins like a row: the file is something else (a CSV).
+        raise UsageError(
+            f"{path} does not hold JSON Lines: no line is JSON (line 1 begins {first[:40]!r})"
+        )
     return _checked(parsed, problems, check)
+
+
+def check_kind(path: Path) -> None:
+    """One line when a file's first bytes say it is not what its suffix says: Parquet data
+    under a text suffix, or JSON under .csv (csv reads any text as one header of odd
+    column names, so a JSONL file named .csv read as an empty table)."""
+    suffix = path.suffix.lower()
+    if suffix not in (*TABLE_SUFFIXES, ".txt"):
+        return
+    check_readable(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if head.startswith(PARQUET_MAGIC):
+        raise UsageError(f"{path} holds Parquet data (it begins with PAR1): name it .parquet")
+    first = head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+    if suffix == ".csv" and first in (b"{", b"["):
+        raise UsageError(
+            f"{path} holds JSON, not CSV (it begins with {first.decode()}): name it .jsonl "
+            "(one object a line) or .json"
+        )
 
 
 # A CSV cell may hold a whole document: Python's default limit (128 KiB) refused a long one.
@@ -261,14 +346,3 @@ def _first_present(first: tuple[str, Record], candidates: tuple[str, ...], tail:
 
 def _names(row: Record) -> str:
     return ", ".join(map(str, row)) or "none"
-
-
-def read_stdin() -> str:
-    """Standard input as text (one trailing newline dropped), or one line saying it is not
-    UTF-8."""
-    import sys
-
-    try:
-        return sys.stdin.read().rstrip("\n")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"stdin is not valid UTF-8 (byte {e.start}): pipe UTF-8 text") from None
