@@ -24,6 +24,7 @@ from typing import Any
 
 from llmkit.errors import Fix, UsageError
 from llmkit.io.write import (
+    check_output,
     check_replaceable,
     mark_owned,
     owner_kind,
@@ -96,6 +97,9 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"output dir {self.path} exists and is not a folder")
+        # A real write probe now, before prep and the model build (a read-only folder was
+        # found only after both, minutes in on a large corpus).
+        check_output(self.path, folder=True)
         if resume:
             if self.checkpoints() or self.finished() is not None:
                 return  # a finished run is told "nothing to do" by the command
@@ -156,6 +160,28 @@ class RunDir:
             if record.get("step") == 0 and "eval_loss" in record:
                 return float(record["eval_loss"])
         return None
+
+    def trim_metrics(self, step: int) -> int:
+        """Drop the metrics.jsonl rows logged after `step` (a resume from checkpoint-`step`
+        trains those steps again), atomically; returns how many were dropped. A line that is
+        not JSON (cut short by a kill) is dropped too."""
+        if not self.metrics_jsonl.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.metrics_jsonl.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                at = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if at > step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            write_text(self.metrics_jsonl, "".join(kept))
+        return dropped
 
     def write_recipe(self, text: str) -> None:
         write_text(self.recipe_file, text)

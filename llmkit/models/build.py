@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmkit.errors import UsageError
 from llmkit.models.load import check_vocab, loading, resolve_ref
 
 
@@ -29,8 +30,22 @@ def build_model(recipe: Any, tokenizer: Any) -> Any:
     # and aligned shapes let the output projection use faster matmul kernels.
     mult = m.pad_vocab_to_multiple_of
     vocab = -(-len(tokenizer) // mult) * mult
-    config = AutoConfig.for_model(m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides)
-    model = auto.from_config(config, attn_implementation=m.attn_implementation)
+    try:
+        # Keys llmkit sets are refused by the recipe schema (SET_BY_LLMKIT), so none is
+        # passed twice here.
+        config = AutoConfig.for_model(
+            m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides
+        )
+        model = auto.from_config(config, attn_implementation=m.attn_implementation)
+    except (TypeError, ValueError, AttributeError) as e:
+        if not m.config_overrides:
+            raise  # llmkit's own sizes: a bug, keep the traceback
+        # e.g. `n_positions: "x"` or a key of the wrong type: transformers raises from deep
+        # inside the model's __init__.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"model.config_overrides: the {m.arch} model cannot be built with them: {first}"
+        ) from e
     return model
 
 
