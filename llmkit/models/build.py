@@ -37,15 +37,16 @@ def build_model(recipe: Any, tokenizer: Any) -> Any:
             m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides
         )
         model = auto.from_config(config, attn_implementation=m.attn_implementation)
-    except (TypeError, ValueError, AttributeError) as e:
+    except Exception as e:  # huggingface_hub's strict checks raise bare Exceptions
         if not m.config_overrides:
             raise  # llmkit's own sizes: a bug, keep the traceback
-        # e.g. `n_positions: "x"` or a key of the wrong type: transformers raises from deep
-        # inside the model's __init__.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # e.g. `layer_norm_epsilon: abc`: huggingface_hub's StrictDataclassFieldValidationError
+        # (an Exception, two lines), or a TypeError from deep inside the model's __init__.
+        said = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         raise UsageError(
-            f"model.config_overrides: the {m.arch} model cannot be built with them: {first}"
-        ) from e
+            f"model.config_overrides: the {m.arch} model cannot be built with them: "
+            f"{said[:300] or type(e).__name__}"
+        ) from None
     return model
 
 

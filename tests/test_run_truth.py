@@ -1,0 +1,167 @@
+"""A run tells the truth about itself (issue 23): counts that add up, text without line
+breaks split by size, and failures found before any work, each as one `error:` line.
+
+CLI cases run as real subprocesses; the invariants of the piece stream are property-based
+(hypothesis) over text in many scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llmkit.data import stream
+
+TINY = str(REPO / "recipes/pretrain/tiny-cpu.yaml")
+BLOCKS = re.compile(r"([\d,]+) train \+ ([\d,]+) validation blocks")
+
+
+def _one_error(out: object) -> str:
+    err = out.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert out.returncode == 2, out.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in out.stderr  # type: ignore[attr-defined]
+    assert err[-1].startswith("error: ") and sum(x.startswith("error") for x in err) == 1
+    return err[-1]
+
+
+def _meta(out_stdout: str) -> dict:
+    cached = out_stdout.split("prep: cached in ")[1].split()[0]
+    return json.loads((Path(cached) / "meta.json").read_text())
+
+
+# --- text without line breaks ------------------------------------------------------------
+
+
+def test_a_corpus_on_one_line_is_split_by_size(tmp_path: Path) -> None:
+    """A text8-style file (~100k GPT-2 tokens, no line break) was one piece, all of it in
+    train: "too short for one validation block". Cut by size, ~10% goes to validation."""
+    rng = random.Random(0)
+    words = [
+        "".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 8))) for _ in range(3000)
+    ]
+    (tmp_path / "text8.txt").write_text(" ".join(rng.choice(words) for _ in range(40_000)))
+    out = run_cli("prep", TINY, "--set", "data.sources=[text8.txt]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    train, val = (int(x.replace(",", "")) for x in BLOCKS.search(out.stdout).groups())
+    assert 0.05 < val / (train + val) < 0.15  # data.validation 0.1 of ~300 pieces
+    assert "1/1 lines kept" in out.stdout
+
+
+SCRIPTS = st.characters(categories=["L", "M", "N", "P", "Zs"], exclude_characters="\r\x85")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(st.text(SCRIPTS, min_size=1, max_size=30), min_size=0, max_size=600),
+    sep=st.sampled_from([" ", "", "\n", "\u3000"]),
+)
+def test_cut_long_parts_join_back_and_are_bounded(words: list[str], sep: str) -> None:
+    """Any text (Latin with spaces, Chinese with none, line breaks) is cut into parts of at
+    most 4 pieces that join back to exactly the text."""
+    text = sep.join(words)
+    parts = stream.cut_long(text)
+    assert "".join(part + joiner for part, joiner in parts[:-1]) + parts[-1][0] == text
+    assert all(len(part) <= 4 * stream.PIECE_CHARS for part, _ in parts)
+    if len(text) > 2 * stream.PIECE_CHARS:
+        assert len(parts) >= 2
+
+
+# --- counts that add up ------------------------------------------------------------------
+
+ROW = st.one_of(
+    st.none(),
+    st.text(SCRIPTS, max_size=3),  # short: dropped under min_chars 3
+    st.sampled_from(["同一行", "same row"]),  # repeated: deduplicated
+    st.lists(st.text(SCRIPTS, min_size=3, max_size=40), min_size=1, max_size=4).map("\n".join),
+    st.text(SCRIPTS, min_size=2500, max_size=3000),  # cut into parts
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(ROW, max_size=30), lines=st.lists(ROW.filter(lambda r: r is not None)))
+def test_every_row_and_line_is_counted_once(
+    rows: list[str | None], lines: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Rows read = kept + null + dropped, lines likewise; a row with line breaks, or cut in
+    parts, is one row kept ("80/40 lines kept" came from counting its lines)."""
+    folder = tmp_path_factory.mktemp("counts")
+    table, text = folder / "rows.jsonl", folder / "lines.txt"
+    table.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    flat = [x for line in lines for x in line.split("\n")]
+    text.write_text("\n".join(flat) + ("\n" if flat else ""))
+    seen = stream.SeenHashes()
+    got = list(
+        stream.pieces([str(table), str(text)], (0, 0), text_column="text", min_chars=3, seen=seen)
+    )
+
+    row_pieces = [p for p in got if p.rows]
+    line_pieces = [p for p in got if not p.rows]
+    present = [r.strip() for r in rows if r is not None]
+    assert sum(p.n_read for p in row_pieces) == len(rows)
+    assert sum(p.n_null for p in row_pieces) == rows.count(None)
+    assert sum(p.kept for p in row_pieces) == len({r for r in present if len(r) >= 3})
+    stripped = [x.strip() for x in flat]
+    assert sum(p.n_read for p in line_pieces) == len(flat)
+    kept_lines = {x for x in stripped if len(x) >= 3} - set(present)  # deduped across files
+    assert sum(p.kept for p in line_pieces) == len(kept_lines)
+
+
+def test_prep_shows_null_rows_and_counts_rows_as_rows(tmp_path: Path) -> None:
+    rows = [None if i % 10 == 0 else f"第{i}行\nline two {i}" for i in range(40)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
+    out = run_cli(
+        "prep",
+        TINY,
+        "--set",
+        "data.sources=[rows.jsonl]",
+        "--set",
+        "data.validation=0.3",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "36/40 rows kept (4 null)" in out.stdout, out.stdout
+    meta = _meta(out.stdout)
+    assert (meta["n_rows_read"], meta["n_rows_kept"], meta["n_rows_null"]) == (40, 36, 4)
+    # Characters are code points, joined lines included: "第1行" is 3, not 9 bytes.
+    assert meta["n_chars"] == sum(len(r) for r in rows if r is not None)
+
+
+# --- failures found before any work --------------------------------------------------------
+
+
+def test_a_prep_cache_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    """Root ignores permission bits, so a file where the cache's parent folder should be
+    stands in for a read-only parent: the same mkdir fails (it was a NotADirectoryError /
+    PermissionError traceback)."""
+    (tmp_path / "ro").write_text("not a folder")
+    out = run_cli("prep", TINY, cwd=tmp_path, env={"LLMKIT_PREP_CACHE": str(tmp_path / "ro/cache")})
+    assert _one_error(out).startswith(f"error: cannot write the prep cache {tmp_path}/ro/cache: ")
+    assert "set LLMKIT_PREP_CACHE to a writable folder" in out.stderr
+    assert (tmp_path / "ro").read_text() == "not a folder"
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_prep(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("mine")
+    cache = tmp_path / "cache"
+    t0 = time.monotonic()
+    out = run_cli(
+        "pretrain",
+        TINY,
+        "--output-dir",
+        "f/run",
+        cwd=tmp_path,
+        env={"LLMKIT_PREP_CACHE": str(cache)},
+    )
+    assert _one_error(out) == "error: cannot write under f: it is not a folder"
+    assert "prep:" not in out.stdout and "model:" not in out.stdout
+    assert not cache.exists()  # nothing prepared
+    assert (tmp_path / "f").read_text() == "mine"
+    assert time.monotonic() - t0 < 120
