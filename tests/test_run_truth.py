@@ -165,3 +165,34 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_prep(tmp_path
     assert not cache.exists()  # nothing prepared
     assert (tmp_path / "f").read_text() == "mine"
     assert time.monotonic() - t0 < 120
+
+
+# --- temporaries a killed writer left ------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_old_folder_set_aside_by_a_killed_writer_is_put_back(tmp_path: Path) -> None:
+    """Killed between its two renames, replace_folder left the old export aside and no new
+    one: the next writer puts the old one back before anything else."""
+    from llmkit.io.write import clear_stale, mark_owned
+
+    pid = _dead_pid()
+    old = tmp_path / f".merged.{pid}.llmkit-old"
+    mark_owned(old, "export")
+    (old / "model.safetensors").write_text("weights")
+    half = tmp_path / f".merged.{pid}.x1y2.llmkit-tmp"
+    half.mkdir()
+    mine = tmp_path / f".merged.{pid}.notes"  # not a name llmkit writes
+    mine.mkdir()
+    done = clear_stale(tmp_path / "merged")
+    assert len(done) == 2
+    assert (tmp_path / "merged" / "model.safetensors").read_text() == "weights"
+    assert not half.exists() and not old.exists() and mine.exists()
