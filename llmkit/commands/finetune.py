@@ -143,11 +143,14 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     one held-out prompt."""
     from llmkit.evaluation.classes import majority_baseline
     from llmkit.inference.generate import sample_answer
-    from llmkit.train.ending import ending
+    from llmkit.train.ending import ending, start_weights
     from llmkit.train.trainer import evaluate_before_training, fit
 
     trainer, data = job.trainer, job.data
     metrics: dict[str, Any] = {"task": job.recipe.task, "lora": job.recipe.lora.enabled}
+    # The run keeps its best weights: the ones it starts from are a candidate too.
+    keep_best = trainer.args.load_best_model_at_end and not job.resume
+    weights_before = start_weights(trainer.model) if keep_best else None
     before = None if job.resume else evaluate_before_training(trainer)
     if before is not None:
         metrics |= {f"{k}_before": v for k, v in _scores(before).items()}
@@ -155,7 +158,9 @@ def train(job: FinetuneJob) -> dict[str, Any]:
             print(f"before training: {eval_summary(before, show_ppl=False)}")
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
-    end = ending(trainer)  # the kept weights' evaluation, run once
+    metric = "eval_" + job.recipe.eval.metric_for_best_model.removeprefix("eval_")
+    # The kept weights' evaluation, run once; against the model before training.
+    end = ending(trainer, before=before, weights_before=weights_before, metric=metric)
     job.last_eval = end.evaluation
     metrics |= end.metrics()
     metrics |= _scores(job.last_eval) | {
