@@ -196,3 +196,48 @@ def test_an_old_folder_set_aside_by_a_killed_writer_is_put_back(tmp_path: Path) 
     assert len(done) == 2
     assert (tmp_path / "merged" / "model.safetensors").read_text() == "weights"
     assert not half.exists() and not old.exists() and mine.exists()
+
+
+# --- an empty answer says why ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eos_first_dir(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GPT-2 made to put EOS first (as an undertrained model can): the final layer
+    norm outputs the EOS embedding, scaled so its logit dominates."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("eos-first")
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        wte = model.transformer.wte.weight
+        wte[eos] *= 10
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(wte[eos])
+    model.save_pretrained(out)
+    for f in tiny_gpt2_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def test_an_empty_answer_says_the_model_ended_it_at_once(
+    eos_first_dir: Path, tiny_gpt2_dir: Path
+) -> None:
+    out = run_cli(
+        "generate", "--model", str(eos_first_dir), "The king said", "--max-new-tokens", "8"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "\n"
+    assert "note: the answer is empty: the model ended its answer at once" in out.stderr
+    assert "0 new tokens" in out.stderr
+    # A model that answers gets no such note.
+    normal = run_cli(
+        "generate", "--model", str(tiny_gpt2_dir), "The king said", "--max-new-tokens", "8"
+    )
+    assert normal.returncode == 0 and normal.stdout.strip()
+    assert "ended its answer at once" not in normal.stderr

@@ -142,7 +142,7 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     """Task metrics before (unless resuming), training, task metrics after, and an answer to
     one held-out prompt."""
     from llmkit.evaluation.classes import majority_baseline
-    from llmkit.inference.generate import sample_answer
+    from llmkit.inference.generate import ENDED_AT_ONCE, sample_answer
     from llmkit.train.ending import ending, start_weights
     from llmkit.train.trainer import evaluate_before_training, fit
 
@@ -175,9 +175,10 @@ def train(job: FinetuneJob) -> dict[str, Any]:
         )
     if data.sample_prompt is not None:
         metrics["sample_prompt"] = data.sample_prompt
-        metrics["sample_answer"] = sample_answer(
-            trainer.model, trainer.processing_class, data.sample_prompt
-        )
+        answer, at_once = sample_answer(trainer.model, trainer.processing_class, data.sample_prompt)
+        metrics["sample_answer"] = answer
+        if at_once and not answer:
+            metrics["sample_answer_note"] = ENDED_AT_ONCE
     return metrics
 
 
@@ -209,7 +210,8 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if job.data.sample_prompt is not None:
         print(
             f"sample answer to a held-out prompt:\n  prompt: {job.data.sample_shown}"
-            f"\n  answer: {metrics['sample_answer']}"
+            f"\n  answer: {metrics['sample_answer'] or '(empty)'}"
+            + (f" ({metrics['sample_answer_note']})" if "sample_answer_note" in metrics else "")
         )
     print(f"saved {'LoRA adapter' if recipe.lora.enabled else 'model'} to {run.path}")
     if recipe.lora.enabled:

@@ -167,9 +167,11 @@ def ending(
         short = chosen.removeprefix("eval_")
         if was > now if higher_is_better else was < now:
             if weights_before is not None and _restore(trainer.model, weights_before):
+                trained = name or f"step {state.global_step}"
                 versus = (
-                    f"training made {short} worse ({was:.4g} before, {now:.4g} with {kept}): "
-                    "kept the weights from before training, which score better"
+                    f"training made {short} worse ({was:.4g} before training, {now:.4g} at "
+                    f"best, {trained}): kept the weights from before training, which score "
+                    "better"
                 )
                 kept = f"the weights from before training ({short} {was:.4g})"
                 name = None
