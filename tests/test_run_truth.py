@@ -241,3 +241,66 @@ def test_an_empty_answer_says_the_model_ended_it_at_once(
     )
     assert normal.returncode == 0 and normal.stdout.strip()
     assert "ended its answer at once" not in normal.stderr
+
+
+# --- the model before training is a candidate for the kept weights ------------------------------
+
+
+def _worsening_finetune(tmp_path: Path, tiny: Path, *extra: str) -> object:
+    """4 full fine-tuning steps at lr 1 (Adam moves every weight by ~1 a step) on the tiny
+    GPT-2: every checkpoint's validation loss is far above the starting model's."""
+    rows = tmp_path / "t.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"text": f"line {i} of the story"}) + "\n" for i in range(40))
+    )
+    return run_cli(
+        "finetune",
+        "--set", f"model.init={tiny}",
+        "--set", f"data.sources=[{rows}]",
+        "--set", "data.format=text",
+        "--set", "data.max_eval_examples=8",
+        "--set", "train.max_steps=4",
+        "--set", "lora.enabled=false",
+        "--set", "train.lr=1.0",
+        "--set", "train.warmup=0",
+        "--output-dir", str(tmp_path / "run"),
+        *extra,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_training_that_only_hurts_keeps_the_weights_from_before(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    out = _worsening_finetune(
+        tmp_path, tiny_gpt2_dir, "--set", "train.eval_every=2", "--set", "train.save_every=2"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_loss"] > 0 and metrics["eval_loss_before"] > 0
+    assert metrics["kept"].startswith("the weights from before training (loss ")
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_loss_before"], rel=1e-6)
+    assert "warning: training made loss worse" in out.stdout
+    # The saved model is the one training started from, weight for weight.
+    kept = load_file(tmp_path / "run" / "model.safetensors")
+    start = load_file(tiny_gpt2_dir / "model.safetensors")
+    assert kept.keys() == start.keys()
+    assert all(bool((kept[k] == start[k]).all()) for k in start)
+
+
+def test_final_weights_worse_than_the_start_are_reported(
+    tmp_path: Path, tiny_gpt2_dir: Path
+) -> None:
+    out = _worsening_finetune(tmp_path, tiny_gpt2_dir, "--set", "train.eval_every=null")
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_loss"] > metrics["eval_loss_before"]
+    assert metrics["kept"] == "the final weights (step 4)"
+    warning = [x for x in out.stdout.splitlines() if x.startswith("warning: ")]
+    assert warning == [
+        f"warning: the kept weights score below the model before training (loss "
+        f"{metrics['eval_loss']:.4g} vs {metrics['eval_loss_before']:.4g} before): the model "
+        "before training is better"
+    ]
