@@ -304,3 +304,114 @@ def test_final_weights_worse_than_the_start_are_reported(
         f"{metrics['eval_loss']:.4g} vs {metrics['eval_loss_before']:.4g} before): the model "
         "before training is better"
     ]
+
+
+# --- a fine-tune's evaluation can be reproduced -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer BERT (width 32) with MiniLM's real WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from llmkit import assets
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _eval_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_eval_of_a_classifier_run_reproduces_its_own_evaluation(
+    tmp_path: Path, tiny_bert_dir: Path
+) -> None:
+    rng = random.Random(1)
+    topics = {
+        "food": "bread soup rice cake",
+        "sport": "ball goal team race",
+        "art": "paint song film",
+    }
+    rows = [
+        {"text": " ".join(rng.choices(words.split(), k=5)), "label": label}
+        for label, words in topics.items()
+        for _ in range(30)
+    ]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    out = run_cli(
+        "finetune",
+        "finetune/minilm-topics",
+        "--set", f"model.init={tiny_bert_dir}",
+        "--set", "data.sources=[c.jsonl]",
+        "--set", "data.text_column=text",
+        "--set", "data.label_column=label",
+        "--set", "data.validation=0.3",
+        "--set", "train.max_steps=6",
+        "--set", "train.eval_every=3",
+        "--set", "train.save_every=3",
+        "--set", "train.lr=1.0e-3",
+        "--output-dir", str(run),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
+    assert scored and set(scored[0]) == {"text", "label"}
+
+    ev = run_cli("eval", "--model", str(run), "--output-dir", str(tmp_path / "e"), cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert f"data: {run}/validation.jsonl (the validation examples the run scored)" in ev.stderr
+    trained = json.loads((run / "metrics.json").read_text())
+    scores = _eval_metrics(tmp_path / "e")
+    assert scores["data"]["examples"] == len(scored)
+    assert scores["metrics"]["accuracy"] == pytest.approx(100 * trained["accuracy"], abs=1e-9)
+    assert scores["metrics"]["macro_f1"] == pytest.approx(100 * trained["macro_f1"], abs=1e-9)
+
+
+def test_eval_of_a_text2text_run_reproduces_its_own_scores(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    pairs = [
+        {"source": f"count to {i}", "target": " ".join(map(str, range(1, i + 1)))}
+        for i in range(1, 41)
+    ]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    run = tmp_path / "run"
+    out = run_cli(
+        "finetune",
+        "--set", "task=text2text",
+        "--set", f"model.init={tiny_llama_dir}",
+        "--set", "data.sources=[p.jsonl]",
+        "--set", "data.template='{source} ='",
+        "--set", "train.max_steps=4",
+        "--set", "train.lr=1.0e-2",
+        "--set", "eval.generate_examples=6",
+        "--set", "eval.max_new_tokens=8",
+        "--output-dir", str(run),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    scored = [json.loads(x) for x in (run / "validation.jsonl").read_text().splitlines()]
+    assert len(scored) == 6 and set(scored[0]) == {"source", "target"}
+
+    ev = run_cli("eval", "--model", str(run), "--output-dir", str(tmp_path / "e"), cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    trained = json.loads((run / "metrics.json").read_text())
+    scores = _eval_metrics(tmp_path / "e")
+    assert scores["data"]["examples"] == 6
+    for name in ("bleu", "chrf", "rougeL"):
+        assert scores["metrics"][name] == pytest.approx(trained[name], abs=1e-9), name

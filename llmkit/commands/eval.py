@@ -35,9 +35,9 @@ from llmkit.evaluation.report import (
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
-from llmkit.io.runs import METRICS_JSON
+from llmkit.io.runs import METRICS_JSON, VALIDATION_JSONL
 from llmkit.io.write import check_output, mark_owned, owner_kind
-from llmkit.models.card import prompt_format_for
+from llmkit.models.card import CARD_FILE, prompt_format_for, read_card
 from llmkit.models.load import LoadedModel, folder_kind
 
 EMBEDDED_CHATTERBOT = "embedded:chatterbot"
@@ -49,6 +49,7 @@ PAIR_FORMS = (("source", "target"), ("prompt", "completion"), ("question", "answ
 
 def run_eval(req: EvalRequest) -> Path:
     """Validate, score, save, show. Returns the output folder."""
+    req = with_run_validation(req)
     mode = pick_mode(req)
     names = parse_metric_names(req.metrics)
     out_dir = prepare_output_dir(req)
@@ -67,6 +68,21 @@ def run_eval(req: EvalRequest) -> Path:
     save(report, out_dir)
     show(report, out_dir)
     return out_dir
+
+
+def with_run_validation(req: EvalRequest) -> EvalRequest:
+    """`--model RUN` and nothing to score it on: a fine-tune's own validation examples
+    (RUN/validation.jsonl), so the run's evaluation is reproduced, not the default suite's."""
+    if req.model is None or req.preds is not None or req.data is not None or req.text:
+        return req
+    scored = Path(req.model) / VALIDATION_JSONL
+    if not (scored.is_file() and (Path(req.model) / CARD_FILE).is_file()):
+        return req
+    task_card = read_card(Path(req.model))
+    if task_card is None or task_card.task not in ("classification", "text2text"):
+        return req  # sft is scored by its loss, which eval does not measure
+    note(f"data: {scored} (the validation examples the run scored)")
+    return req.model_copy(update={"data": str(scored)})
 
 
 def pick_mode(req: EvalRequest) -> str:

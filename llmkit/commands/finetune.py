@@ -188,6 +188,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if hasattr(model, "config"):
         model.config.use_cache = True  # off while training (see llmkit.data.collate.pack_batch)
     from llmkit.data.finetune import task_card
+    from llmkit.io.write import write_jsonl
     from llmkit.models.card import write_card
     from llmkit.train.checkpoints import save_final_model
     from llmkit.train.ending import summary
@@ -196,6 +197,8 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if not job.main:
         return
     run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
+    if job.data.scored_rows is not None:
+        write_jsonl(run.validation_jsonl, job.data.scored_rows)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     write_card(run.path, task_card(recipe, job.data.labels, seq2seq=seq2seq))
     run.write_metrics(metrics)

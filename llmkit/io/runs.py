@@ -4,6 +4,7 @@
       recipe.yaml        the resolved recipe (after overrides), so the run can be repeated
       metrics.jsonl      one JSON line per logging / eval step
       metrics.json       final numbers (eval loss and perplexity before and after, tokens/s)
+      validation.jsonl   fine-tunes: the validation examples scored (what `llmkit eval` reads)
       checkpoint-<N>/    Trainer checkpoints (model, optimizer, scheduler, RNG, data position)
       config.json, model.safetensors, tokenizer files, generation_config.json   final model
 
@@ -38,6 +39,9 @@ RUN = "run"  # the marker kind of a run folder
 RECIPE_FILE = "recipe.yaml"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
+# The validation examples a fine-tune scored, in the fields `llmkit eval` reads (text/label,
+# source/target), so `llmkit eval --model RUN` reproduces the run's own evaluation.
+VALIDATION_JSONL = "validation.jsonl"
 LATEST_FILE = "LATEST"
 
 
@@ -56,6 +60,10 @@ class RunDir:
     @property
     def metrics_json(self) -> Path:
         return self.path / METRICS_JSON
+
+    @property
+    def validation_jsonl(self) -> Path:
+        return self.path / VALIDATION_JSONL
 
     def holds_run(self) -> bool:
         """Training happened here: a checkpoint or a final model. A folder with only
