@@ -385,10 +385,9 @@ def test_eval_of_a_classifier_run_reproduces_its_own_evaluation(
 def test_eval_of_a_text2text_run_reproduces_its_own_scores(
     tmp_path: Path, tiny_llama_dir: Path
 ) -> None:
-    pairs = [
-        {"source": f"count to {i}", "target": " ".join(map(str, range(1, i + 1)))}
-        for i in range(1, 41)
-    ]
+    # Answers a 15-step tiny model learns in part ("yes" or "no"), so the scores compared
+    # are not all 0.
+    pairs = [{"source": f"is {i} even", "target": "no" if i % 2 else "yes"} for i in range(60)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     run = tmp_path / "run"
     out = run_cli(
@@ -397,8 +396,8 @@ def test_eval_of_a_text2text_run_reproduces_its_own_scores(
         "--set", f"model.init={tiny_llama_dir}",
         "--set", "data.sources=[p.jsonl]",
         "--set", "data.template='{source} ='",
-        "--set", "train.max_steps=4",
-        "--set", "train.lr=1.0e-2",
+        "--set", "train.max_steps=15",
+        "--set", "train.lr=3.0e-2",
         "--set", "eval.generate_examples=6",
         "--set", "eval.max_new_tokens=8",
         "--output-dir", str(run),
@@ -413,5 +412,7 @@ def test_eval_of_a_text2text_run_reproduces_its_own_scores(
     trained = json.loads((run / "metrics.json").read_text())
     scores = _eval_metrics(tmp_path / "e")
     assert scores["data"]["examples"] == 6
+    assert trained["chrf"] > 0
     for name in ("bleu", "chrf", "rougeL"):
-        assert scores["metrics"][name] == pytest.approx(trained[name], abs=1e-9), name
+        # The run's scores are rounded to 3 decimals; eval's are not.
+        assert scores["metrics"][name] == pytest.approx(trained[name], abs=5e-4), name
