@@ -68,6 +68,7 @@ def setup(
     )
     from llmkit.models.lora import apply_lora, describe_model
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.checkpoints import check_resume_processes
     from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer, generation_eval_trainer
 
@@ -91,6 +92,8 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
+    if resume:
+        check_resume_processes(run, args.world_size)  # an FSDP checkpoint: the count it had
     with args.main_process_first(desc="data"):
         tokenizer = load_tokenizer(
             recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code

@@ -49,6 +49,7 @@ def setup(
     from llmkit.data.prep import load_tokenizer_for, prepare
     from llmkit.models.build import build_model
     from llmkit.train.arguments import sharding_in_use, training_arguments
+    from llmkit.train.checkpoints import check_resume_processes
     from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer
 
@@ -66,6 +67,8 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
+    if resume:
+        check_resume_processes(run, args.world_size)  # an FSDP checkpoint: the count it had
     with args.main_process_first(desc="data prep"):
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
