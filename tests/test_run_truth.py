@@ -160,7 +160,9 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_prep(tmp_path
         cwd=tmp_path,
         env={"LLMKIT_PREP_CACHE": str(cache)},
     )
-    assert _one_error(out) == "error: cannot write under f: it is not a folder"
+    assert _one_error(out) == (
+        "error: output dir f/run is not writable (cannot write under f: it is not a folder)"
+    )
     assert "prep:" not in out.stdout and "model:" not in out.stdout
     assert not cache.exists()  # nothing prepared
     assert (tmp_path / "f").read_text() == "mine"

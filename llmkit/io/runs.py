@@ -107,7 +107,10 @@ class RunDir:
             raise UsageError(f"output dir {self.path} exists and is not a folder")
         # A real write probe now, before prep and the model build (a read-only folder was
         # found only after both, minutes in on a large corpus).
-        check_output(self.path, folder=True)
+        try:
+            check_output(self.path, folder=True)
+        except UsageError as e:
+            raise UsageError(f"output dir {self.path} is not writable ({e.message})") from None
         if resume:
             if self.checkpoints() or self.finished() is not None:
                 return  # a finished run is told "nothing to do" by the command
