@@ -418,3 +418,24 @@ def test_eval_of_a_text2text_run_reproduces_its_own_scores(
     for name in ("bleu", "chrf", "rougeL"):
         # The run's scores are rounded to 3 decimals; eval's are not.
         assert scores["metrics"][name] == pytest.approx(trained[name], abs=5e-4), name
+
+
+# --- words in every script ---------------------------------------------------------------------
+
+
+def test_a_chinese_character_is_a_word_in_answer_lengths() -> None:
+    from llmkit.evaluation.metrics import avg_length, count_words
+
+    assert count_words("巴黎是法国的首都") == 8  # was 1 whitespace token
+    assert count_words("Paris 是 首都。") == 4  # "。" is no word
+    assert count_words("用GPT写代码") == 5
+    assert count_words("東京タワーへ行く") == 8
+    assert avg_length(["one two three", "四五"]) == pytest.approx(2.5)
+
+
+@given(st.lists(st.text(st.characters(codec="ascii"), max_size=20), max_size=5))
+def test_word_counts_without_cjk_are_whitespace_tokens(texts: list[str]) -> None:
+    from llmkit.evaluation.metrics import count_words
+
+    for text in texts:
+        assert count_words(text) == len(text.split())

@@ -263,12 +263,35 @@ def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS)
     return CorpusScore(math.fsum(scores) / len(scores), str(metric.get_signature()))
 
 
+# Chinese and Japanese put no spaces between words: each Han, Hiragana or Katakana character
+# counts as one word (sacreBLEU's `zh` tokenizer makes the same cut). "巴黎是法国的首都" was one
+# whitespace token; it is 8 words. Thai also writes no spaces, but its words are several
+# letters long and no segmenter ships with llmkit: Thai runs still count as whitespace tokens.
+_UNSPACED = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+
+
+def count_words(text: str) -> int:
+    """Words in `text`: whitespace-separated tokens, each Chinese/Japanese character one."""
+    n = 0
+    for token in text.split():
+        characters = len(_UNSPACED.findall(token))
+        if not characters:
+            n += 1
+            continue
+        # What is left between the characters: words of other scripts, not punctuation.
+        rest = _UNSPACED.sub(" ", token).split()
+        n += characters + sum(any(c.isalnum() for c in w) for w in rest)
+    return n
+
+
 def _lengths(preds: Sequence[str]) -> list[float]:
-    return [float(len(p.split())) for p in preds]
+    return [float(count_words(p)) for p in preds]
 
 
 def avg_length(preds: Sequence[str]) -> float:
-    """Mean number of whitespace-separated tokens per output."""
+    """Mean number of words per output (`count_words`)."""
     return _mean(_lengths(preds))
 
 

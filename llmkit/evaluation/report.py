@@ -92,7 +92,7 @@ UNITS = {
     "bleu/chrf/rouge*/exact_match/f1/accuracy/self_bleu": "0-100 (sacreBLEU convention)",
     "rouge*": "mean of per-pair rouge-score F-measures (use_stemmer=True), x 100",
     "distinct_1/distinct_2": "unique n-grams / all n-grams over all outputs, 0-1",
-    "avg_length": "whitespace tokens per output",
+    "avg_length": "words per output: whitespace tokens, each Chinese/Japanese character one",
     "perplexity_*": "exp(mean NLL per scored token, nats); lower is better",
 }
 
