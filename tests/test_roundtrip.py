@@ -117,7 +117,7 @@ def test_eval_reproduces_the_runs_own_scores_with_no_hand_made_prompts(
 
 
 def test_generate_applies_the_runs_template(text2text_run: Path) -> None:
-    from llmkit.inference.generate import generate_answers
+    from llmkit.inference.answers import generate_answers
     from llmkit.models.load import load_generator
 
     proc = run_cli("generate", "--model", str(text2text_run), "--max-new-tokens", "12", "7")

@@ -145,7 +145,8 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     """Task metrics before (unless resuming), training, task metrics after, and an answer to
     one held-out prompt."""
     from llmkit.evaluation.classes import majority_baseline
-    from llmkit.inference.generate import ENDED_AT_ONCE, sample_answer
+    from llmkit.inference.answers import sample_answer
+    from llmkit.inference.generate import ENDED_AT_ONCE
     from llmkit.train.ending import ending, start_weights
     from llmkit.train.trainer import evaluate_before_training, fit
 

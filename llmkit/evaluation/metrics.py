@@ -263,10 +263,9 @@ def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS)
     return CorpusScore(math.fsum(scores) / len(scores), str(metric.get_signature()))
 
 
-# Chinese and Japanese put no spaces between words: each Han, Hiragana or Katakana character
-# counts as one word (sacreBLEU's `zh` tokenizer makes the same cut). "巴黎是法国的首都" was one
-# whitespace token; it is 8 words. Thai also writes no spaces, but its words are several
-# letters long and no segmenter ships with llmkit: Thai runs still count as whitespace tokens.
+# Chinese and Japanese put no spaces between words: each Han or kana character counts as one
+# (sacreBLEU's `zh` tokenizer cuts the same). "巴黎是法国的首都" is 8 words, not 1. Thai has
+# no spaces either but words of several letters and no segmenter here: still by whitespace.
 _UNSPACED = re.compile(
     "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]"
 )

@@ -40,7 +40,7 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
 # The validation examples a fine-tune scored, in the fields `llmkit eval` reads (text/label,
-# source/target), so `llmkit eval --model RUN` reproduces the run's own evaluation.
+# source/target), so `llmkit eval` of the run reproduces its own evaluation.
 VALIDATION_JSONL = "validation.jsonl"
 LATEST_FILE = "LATEST"
 

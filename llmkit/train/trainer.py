@@ -187,7 +187,7 @@ def generation_eval_trainer(
     """Trainer, or with (prompt, reference) `pairs` a Trainer whose every evaluation also
     generates answers and scores them (text2text fine-tuning)."""
     from llmkit.evaluation.metrics import generation_scores
-    from llmkit.inference.generate import generate_answers
+    from llmkit.inference.answers import generate_answers
 
     if pairs is None:
         return Trainer
