@@ -439,3 +439,29 @@ def test_word_counts_without_cjk_are_whitespace_tokens(texts: list[str]) -> None
 
     for text in texts:
         assert count_words(text) == len(text.split())
+
+
+def test_an_empty_chat_answer_says_the_model_ended_it_at_once(
+    eos_first_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "m"
+    shutil.copytree(eos_first_dir, model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(model)
+    out = subprocess.run(
+        [sys.executable, "-m", "llmkit", "chat", str(model), "--max-new-tokens", "8"],
+        input="Hi\n/exit\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "note: the answer is empty: the model ended its answer at once" in out.stderr
