@@ -153,7 +153,9 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     trainer, data = job.trainer, job.data
     metrics: dict[str, Any] = {"task": job.recipe.task, "lora": job.recipe.lora.enabled}
     # The run keeps its best weights: the ones it starts from are a candidate too.
+    # (Not under FSDP: there is no evaluation before training to compare with.)
     keep_best = trainer.args.load_best_model_at_end and not job.resume
+    keep_best = keep_best and not trainer.is_fsdp_enabled
     weights_before = start_weights(trainer.model) if keep_best else None
     before = None if job.resume else evaluate_before_training(trainer)
     if before is not None:
