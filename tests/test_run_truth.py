@@ -465,3 +465,28 @@ def test_an_empty_chat_answer_says_the_model_ended_it_at_once(
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "note: the answer is empty: the model ended its answer at once" in out.stderr
+
+
+# --- a resumed run's log --------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.integers(0, 40), max_size=30).map(sorted),
+    at=st.integers(0, 40),
+    torn=st.booleans(),
+)
+def test_trim_metrics_keeps_exactly_the_rows_up_to_the_checkpoint(
+    steps: list[int], at: int, torn: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What a resume from checkpoint-`at` leaves of metrics.jsonl: every row logged at or
+    before its step, in order, byte for byte; none after; a line cut short by the kill goes."""
+    from llmkit.io.runs import RunDir
+
+    run = RunDir(tmp_path_factory.mktemp("trim"))
+    lines = [json.dumps({"step": s, "loss": s / 7, "text": "第一"}) for s in steps]
+    run.metrics_jsonl.write_text("".join(x + "\n" for x in lines) + ('{"step": 4' if torn else ""))
+    dropped = run.trim_metrics(at)
+    kept = [x for x, s in zip(lines, steps, strict=True) if s <= at]
+    assert run.metrics_jsonl.read_text().splitlines() == kept
+    assert dropped == len(lines) - len(kept) + torn
