@@ -188,7 +188,7 @@ def pretrain_cmd(req: TrainRequest) -> None:
 
     recipe = _load(PretrainRecipe, req)
     if recipe is not None and req.resume:
-        _stop_if_finished(recipe)
+        _stop_if_finished(recipe, req)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.pretrain import run_pretrain
 
@@ -203,7 +203,7 @@ def finetune_cmd(req: TrainRequest) -> None:
 
     recipe = _load(FinetuneRecipe, req)
     if recipe is not None and req.resume:
-        _stop_if_finished(recipe)
+        _stop_if_finished(recipe, req)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.finetune import run_finetune
 
@@ -221,13 +221,17 @@ def _load(schema: type[RB], req: RecipeRequest) -> RB | None:
     return recipe
 
 
-def _stop_if_finished(recipe: Any) -> None:
+def _stop_if_finished(recipe: Any, req: TrainRequest) -> None:
     """`--resume` of a run that already finished: one line and exit 0 within a second,
-    before torch loads or workers launch (raises `AlreadyFinished`)."""
+    before torch loads or workers launch (raises `AlreadyFinished`); of an FSDP checkpoint
+    on another process count: one error line, before the workers launch (each would say it)."""
     from llmkit.io.runs import RunDir
+    from llmkit.train.checkpoints import check_resume_processes
     from llmkit.train.ending import check_finished
 
-    check_finished(RunDir(recipe.output_dir), recipe.train)
+    run = RunDir(recipe.output_dir)
+    check_finished(run, recipe.train)
+    check_resume_processes(run, recipe.train.devices * req.nodes)
 
 
 def _launched(devices: int, req: TrainRequest) -> bool:

@@ -74,6 +74,14 @@ CASES: dict[str, Case] = {
         ["pretrain", "--set", "data.block_size=4096"],
         "data.block_size: 4096 exceeds model.max_position_embeddings 128",
     ),
+    "config override of a key llmkit sets": Case(
+        ["pretrain", TINY, "--set", "model.config_overrides.n_embd=32"],
+        "model.config_overrides: n_embd is set by llmkit from model.hidden_size",
+    ),
+    "config override transformers refuses": Case(
+        ["pretrain", TINY, "--set", "model.config_overrides.layer_norm_epsilon=abc"],
+        "model.config_overrides: the gpt2 model cannot be built with them: ",
+    ),
     "heads do not divide width": Case(
         ["pretrain", "--set", "model.num_heads=3"],
         "model.num_heads: 3 does not divide hidden_size 128",

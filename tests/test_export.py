@@ -91,3 +91,37 @@ def test_export_refuses_a_full_model_and_an_offline_push(
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "HF_HUB_OFFLINE=1" in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_killed_export_leaves_temporaries_the_next_write_cleans(
+    lora_run: Path, tmp_path: Path
+) -> None:
+    """kill -9 while the merged folder is being written leaves llmkit's hidden temporary
+    beside it; the next export removes it (named with the dead writer's pid), and a user's
+    own hidden folder of a similar name is kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "merged"
+    (tmp_path / ".merged-mine").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", "export", str(lora_run), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".merged.*.llmkit-tmp")):  # the kill point: writing began
+        assert proc.poll() is None, "export ended before the kill point"
+        assert time.monotonic() < deadline, "export never began writing"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".merged.*.llmkit-tmp"))  # really left behind
+
+    again = run_cli("export", str(lora_run), "--output", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "cleaned up after a killed llmkit process" in again.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged-mine", "merged"]
+    assert (out / "model.safetensors").exists()

@@ -362,7 +362,8 @@ def test_text2text_answers_every_validation_example_and_stops_at_a_newline(
     scored, before), and an answer stops at the end of its line."""
     from llmkit.config.decoding import DecodingConfig
     from llmkit.data.finetune import build_data
-    from llmkit.inference.generate import generate_answers, generate_texts
+    from llmkit.inference.answers import generate_answers
+    from llmkit.inference.generate import generate_texts
     from llmkit.models.load import load_generator
 
     pairs = tmp_path / "pairs.jsonl"

@@ -83,6 +83,12 @@ def _logged_step(run: Path, step: int) -> Callable[[], bool]:
     return seen
 
 
+def _losses(run: Path) -> list[tuple[int, float]]:
+    """(step, training loss) of every training-loss row of metrics.jsonl, in order."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
 def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
@@ -122,6 +128,14 @@ def test_kill_9_then_resume_equals_uninterrupted(
     assert _max_diff(load_file(run / "model.safetensors"), uninterrupted) == 0.0
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 20
+    # The steps between the checkpoint and the kill are logged once, as uninterrupted, and
+    # train_loss covers all 20 steps, not only those after the resume.
+    full = workdir / "runs" / "full"
+    got_rows, want_rows = _losses(run), _losses(full)
+    assert [s for s, _ in got_rows] == [s for s, _ in want_rows]
+    assert [x for _, x in got_rows] == pytest.approx([x for _, x in want_rows], abs=1e-6)
+    got, want = (json.loads((r / "metrics.json").read_text()) for r in (run, full))
+    assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
 
 
 @pytest.mark.parametrize(

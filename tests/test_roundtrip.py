@@ -159,7 +159,7 @@ def test_a_chinese_text2text_run_scores_the_same_in_training_and_in_eval(
 
 
 def test_generate_applies_the_runs_template(text2text_run: Path) -> None:
-    from llmkit.inference.generate import generate_answers
+    from llmkit.inference.answers import generate_answers
     from llmkit.models.load import load_generator
 
     proc = run_cli("generate", "--model", str(text2text_run), "--max-new-tokens", "12", "7")

@@ -156,3 +156,24 @@ def test_two_nodes_train_as_two_processes_on_one(ddp: Path, tmp_path: Path) -> N
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
     assert "global batch: 8 per device x 2 device(s)" in outs[0]
     assert_same_trajectory(ddp, run)
+
+
+def test_fsdp2_resume_on_another_process_count_is_one_line(tmp_path: Path) -> None:
+    """One process failed with a traceback; three resumed with another global batch. Both
+    are refused before any worker launches, and the run is left as it was."""
+    half = pretrain(tmp_path, "half", "--devices", "2", "--set", "train.strategy=fsdp", steps=3)
+    before = {p: p.stat().st_mtime_ns for p in half.rglob("*")}
+    for devices in ("1", "3"):
+        out = run_cli(
+            "pretrain", "tiny-cpu", "--output-dir", "runs/half", "--max-steps", "6", *COMMON,
+            "--devices", devices, "--set", "train.strategy=fsdp", "--resume",
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert out.stderr.splitlines() == [
+            f"error: runs/half/checkpoint-3 was saved by 2 FSDP processes and this run has "
+            f"{devices}: resume it on 2 (train.devices x nodes), since its batch and data "
+            "position follow the process count"
+        ]
+        assert "launching" not in out.stdout
+    assert {p: p.stat().st_mtime_ns for p in half.rglob("*")} == before

@@ -37,6 +37,7 @@ from llmkit.inference.chat import (
     save_conversation,
     stream_reply,
 )
+from llmkit.inference.generate import ENDED_AT_ONCE
 from llmkit.io.console import note
 from llmkit.io.terminal import LineInput
 from llmkit.io.write import check_output
@@ -171,6 +172,8 @@ class Session:
             raise
         if reply.stopped:
             note("stopped" + ("; the partial answer is kept" if reply.text.strip() else ""))
+        elif reply.ended_at_once and not reply.text.strip():
+            note(f"note: the answer is empty: {ENDED_AT_ONCE}")
         if reply.stopped and not reply.text.strip():
             conversation.retract()
         else:

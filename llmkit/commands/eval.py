@@ -49,6 +49,7 @@ PAIR_FORMS = (("source", "target"), ("prompt", "completion"), ("question", "answ
 
 def run_eval(req: EvalRequest) -> Path:
     """Validate, score, save, show. Returns the output folder."""
+    req = with_run_validation(req)
     mode = pick_mode(req)
     names = parse_metric_names(req.metrics)
     out_dir = prepare_output_dir(req)
@@ -67,6 +68,18 @@ def run_eval(req: EvalRequest) -> Path:
     save(report, out_dir)
     show(report, out_dir)
     return out_dir
+
+
+def with_run_validation(req: EvalRequest) -> EvalRequest:
+    """`--model RUN` and nothing to score it on: a fine-tune's own validation examples
+    (RUN/validation.jsonl), so the run's evaluation is reproduced, not the default suite's."""
+    if req.model is None or req.preds is not None or req.data is not None or req.text:
+        return req
+    scored = score.run_validation_file(Path(req.model))
+    if scored is None:
+        return req
+    note(f"data: {scored} (the validation examples the run scored)")
+    return req.model_copy(update={"data": str(scored)})
 
 
 def pick_mode(req: EvalRequest) -> str:
@@ -121,8 +134,7 @@ def prepare_output_dir(req: EvalRequest) -> Path:
 def _load(ref: str, use: str = "generation") -> LoadedModel:
     from llmkit.models.load import load_generator
 
-    loaded = load_generator(ref, use=use)
-    note(f"model: {loaded.description}")
+    note(f"model: {(loaded := load_generator(ref, use=use)).description}")
     return loaded
 
 
@@ -153,14 +165,10 @@ def _generate_and_score(
         system=req.system,
         default_chat=bool(getattr(loaded.tokenizer, "chat_template", None)),
     )
-    if card is not None and card.max_new_tokens and req.max_new_tokens is None:
+    if card and card.max_new_tokens and req.max_new_tokens is None:
         max_new_tokens = card.max_new_tokens
     # A run alone is scored as its training scored it; an A/B splits both systems' text alike.
-    own = card if card is not None and req.model_b is None else None
-    tokenize = (
-        req.bleu_tokenize or (own.bleu_tokenize if own else None),
-        req.rouge_tokenize or (own.rouge_tokenize if own else None),
-    )
+    own = card if req.model_b is None else None
     mark_owned(out_dir, EVAL)  # answers are written there as they come
     system = score.generate_and_score(
         label,
@@ -174,7 +182,7 @@ def _generate_and_score(
         answer_stops=card.stop if card is not None else None,
         predictions=out_dir / PREDICTIONS[label],
         resume=req.resume,
-        tokenize=tokenize,
+        tokenize=score.tokenize_for(own, req.bleu_tokenize, req.rouge_tokenize),
     )
     return system, loaded
 
@@ -185,7 +193,7 @@ def _generate_and_score(
 def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
     assert req.preds is not None
     preds, refs, refs_name = _read_preds_and_refs(req, req.preds)
-    tokenize = (req.bleu_tokenize, req.rouge_tokenize)
+    tokenize = score.tokenize_for(None, req.bleu_tokenize, req.rouge_tokenize)
     systems = [score.score_texts("A", str(req.preds), preds, refs, names, tokenize)]
     if req.preds_b is not None:
         preds_b = _read_preds(req.preds_b, req)

@@ -68,6 +68,7 @@ def setup(
     )
     from llmkit.models.lora import apply_lora, describe_model
     from llmkit.train.arguments import training_arguments
+    from llmkit.train.checkpoints import check_resume_processes
     from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer, generation_eval_trainer
 
@@ -91,6 +92,8 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
+    if resume:
+        check_resume_processes(run, args.world_size)  # an FSDP checkpoint: the count it had
     with args.main_process_first(desc="data"):
         tokenizer = load_tokenizer(
             recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code
@@ -144,12 +147,18 @@ def train(job: FinetuneJob) -> dict[str, Any]:
     """Task metrics before (unless resuming), training, task metrics after, and an answer to
     one held-out prompt."""
     from llmkit.evaluation.classes import majority_baseline
-    from llmkit.inference.generate import sample_answer
-    from llmkit.train.ending import ending
+    from llmkit.inference.answers import sample_answer
+    from llmkit.inference.generate import ENDED_AT_ONCE
+    from llmkit.train.ending import ending, start_weights
     from llmkit.train.trainer import evaluate_before_training, fit
 
     trainer, data = job.trainer, job.data
     metrics: dict[str, Any] = {"task": job.recipe.task, "lora": job.recipe.lora.enabled}
+    # The run keeps its best weights: the ones it starts from are a candidate too.
+    # (Not under FSDP: there is no evaluation before training to compare with.)
+    keep_best = trainer.args.load_best_model_at_end and not job.resume
+    keep_best = keep_best and not trainer.is_fsdp_enabled
+    weights_before = start_weights(trainer.model) if keep_best else None
     before = None if job.resume else evaluate_before_training(trainer)
     if before is not None:
         metrics |= {f"{k}_before": v for k, v in _scores(before).items()}
@@ -157,7 +166,9 @@ def train(job: FinetuneJob) -> dict[str, Any]:
             print(f"before training: {eval_summary(before, show_ppl=False)}")
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
-    end = ending(trainer)  # the kept weights' evaluation, run once
+    metric = "eval_" + job.recipe.eval.metric_for_best_model.removeprefix("eval_")
+    # The kept weights' evaluation, run once; against the model before training.
+    end = ending(trainer, before=before, weights_before=weights_before, metric=metric)
     job.last_eval = end.evaluation
     metrics |= end.metrics()
     metrics |= _scores(job.last_eval) | {
@@ -172,9 +183,10 @@ def train(job: FinetuneJob) -> dict[str, Any]:
         )
     if data.sample_prompt is not None:
         metrics["sample_prompt"] = data.sample_prompt
-        metrics["sample_answer"] = sample_answer(
-            trainer.model, trainer.processing_class, data.sample_prompt
-        )
+        answer, at_once = sample_answer(trainer.model, trainer.processing_class, data.sample_prompt)
+        metrics["sample_answer"] = answer
+        if at_once and not answer:
+            metrics["sample_answer_note"] = ENDED_AT_ONCE
     return metrics
 
 
@@ -184,6 +196,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if hasattr(model, "config"):
         model.config.use_cache = True  # off while training (see llmkit.data.collate.pack_batch)
     from llmkit.data.finetune import task_card
+    from llmkit.io.write import write_jsonl
     from llmkit.models.card import write_card
     from llmkit.train.checkpoints import save_final_model
     from llmkit.train.ending import summary
@@ -192,6 +205,8 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if not job.main:
         return
     run.write_recipe(job.recipe.to_yaml())  # what trained it (a resume may extend max_steps)
+    if job.data.scored_rows is not None:
+        write_jsonl(run.validation_jsonl, job.data.scored_rows)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
     write_card(run.path, task_card(recipe, job.data.labels, seq2seq=seq2seq))
     run.write_metrics(metrics)
@@ -206,7 +221,8 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     if job.data.sample_prompt is not None:
         print(
             f"sample answer to a held-out prompt:\n  prompt: {job.data.sample_shown}"
-            f"\n  answer: {metrics['sample_answer']}"
+            f"\n  answer: {metrics['sample_answer'] or '(empty)'}"
+            + (f" ({metrics['sample_answer_note']})" if "sample_answer_note" in metrics else "")
         )
     print(f"saved {'LoRA adapter' if recipe.lora.enabled else 'model'} to {run.path}")
     if recipe.lora.enabled:

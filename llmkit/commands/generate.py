@@ -14,7 +14,7 @@ from typing import Any
 from llmkit.config.decoding import DecodingConfig, layered
 from llmkit.config.inference import GenerateRequest
 from llmkit.errors import UsageError
-from llmkit.inference.generate import GenerationResult, generate_with_stats
+from llmkit.inference.generate import ENDED_AT_ONCE, GenerationResult, generate_with_stats
 from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.inference.stops import make_streamer
 from llmkit.io.console import note
@@ -117,7 +117,24 @@ def _generate_one(job: Job, prompt: str, options: DecodingConfig, req: GenerateR
         print(json.dumps(_json_record({"prompt": prompt}, completions, loaded, result)))
     elif not req.stream:
         _print_completions(completions)
+    _note_ended_at_once(result, completions)
     note(_speed(result.new_tokens, result.seconds))
+
+
+def _note_ended_at_once(result: GenerationResult, completions: list[str] | None = None) -> None:
+    """An empty answer is not left unexplained: say the model ended it at once (EOS first),
+    as an undertrained model does, rather than print nothing. `completions`: one prompt's."""
+    if completions is not None:
+        flags = result.ended_at_once[0] if result.ended_at_once else []
+        empty = sum(f and not c for f, c in zip(flags, completions, strict=False))
+        total = len(flags)
+    else:
+        empty = result.n_ended_at_once()
+        total = sum(len(row) for row in result.ended_at_once)
+    if empty and total == 1:
+        note(f"note: the answer is empty: {ENDED_AT_ONCE}")
+    elif empty:
+        note(f"note: {empty} of {total} answers are empty: {ENDED_AT_ONCE}")
 
 
 def _print_completions(completions: list[str]) -> None:
@@ -146,6 +163,7 @@ def _generate_file(
         result = generate_with_stats(loaded, prompts, options, **kwargs)
         for record, c in zip(records, result.completions, strict=True):
             print(json.dumps(_row(record, c), ensure_ascii=False))
+        _note_ended_at_once(result)
         new_tokens, seconds = result.new_tokens, result.seconds
     else:
         rows, new_tokens, seconds = generate_to_jsonl(

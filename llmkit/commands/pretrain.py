@@ -49,6 +49,7 @@ def setup(
     from llmkit.data.prep import load_tokenizer_for, prepare
     from llmkit.models.build import build_model
     from llmkit.train.arguments import sharding_in_use, training_arguments
+    from llmkit.train.checkpoints import check_resume_processes
     from llmkit.train.ending import check_finished
     from llmkit.train.trainer import build_trainer
 
@@ -66,6 +67,8 @@ def setup(
         **args_overrides,
     )
     main = args.process_index == 0
+    if resume:
+        check_resume_processes(run, args.world_size)  # an FSDP checkpoint: the count it had
     with args.main_process_first(desc="data prep"):
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
@@ -100,7 +103,7 @@ def train(job: PretrainJob) -> dict[str, Any]:
     """Validation loss before (or, resuming, as first logged), training, and the kept
     weights' validation loss (evaluated once: see llmkit.train.ending)."""
     from llmkit.train.arguments import sharding_in_use
-    from llmkit.train.ending import ending
+    from llmkit.train.ending import ending, start_weights
     from llmkit.train.trainer import evaluate_before_training, fit
 
     trainer, t = job.trainer, job.recipe.train
@@ -113,9 +116,13 @@ def train(job: PretrainJob) -> dict[str, Any]:
         "world_size": args.world_size,
         "sharding": sharding_in_use(trainer),
     }
+    evaluation = None
+    weights_before = None
     if job.resume:
         before = job.run.first_eval_loss()
     else:
+        if args.load_best_model_at_end and not trainer.is_fsdp_enabled:
+            weights_before = start_weights(trainer.model)  # a candidate for the kept best
         evaluation = evaluate_before_training(trainer)
         before = None if evaluation is None else evaluation["eval_loss"]
         if evaluation is None and job.main:
@@ -126,7 +133,7 @@ def train(job: PretrainJob) -> dict[str, Any]:
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
-    end = ending(trainer)
+    end = ending(trainer, before=evaluation, weights_before=weights_before)
     after = end.evaluation["eval_loss"]
     return (
         metrics

@@ -32,9 +32,10 @@ def setup(req: ServeRequest) -> Any:
     """Everything that can fail, before the server starts: options, the port, the model."""
     import uvicorn
 
+    from llmkit.inference.engine import ServedModel
     from llmkit.inference.generate import generation_config_for
     from llmkit.inference.openai_api import Limits
-    from llmkit.inference.serve import ServedModel, build_app
+    from llmkit.inference.serve import build_app
     from llmkit.models.card import prompt_format_for
     from llmkit.models.load import DEFAULT_CAUSAL_LM, load_generator
 

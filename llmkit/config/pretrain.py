@@ -63,6 +63,51 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency when training.")
 
 
+# The transformers config keys llmkit sets itself when building from a config
+# (llmkit.models.build), each with the recipe field (or source) that decides it. A
+# `config_overrides` key among them was passed twice and crashed with a TypeError traceback.
+SET_BY_LLMKIT: dict[str, dict[str, str]] = {
+    "gpt2": {
+        "vocab_size": "the tokenizer",
+        "n_positions": "model.max_position_embeddings",
+        "n_embd": "model.hidden_size",
+        "n_layer": "model.num_layers",
+        "n_head": "model.num_heads",
+        "n_inner": "model.intermediate_size",
+        "resid_pdrop": "model.dropout",
+        "embd_pdrop": "model.dropout",
+        "attn_pdrop": "model.dropout",
+        "bos_token_id": "the tokenizer",
+        "eos_token_id": "the tokenizer",
+    },
+    "llama": {
+        "vocab_size": "the tokenizer",
+        "hidden_size": "model.hidden_size",
+        "intermediate_size": "model.intermediate_size",
+        "num_hidden_layers": "model.num_layers",
+        "num_attention_heads": "model.num_heads",
+        "num_key_value_heads": "model.num_kv_heads",
+        "max_position_embeddings": "model.max_position_embeddings",
+        "attention_dropout": "model.dropout",
+        "tie_word_embeddings": "llmkit (tied input and output embeddings)",
+        "bos_token_id": "the tokenizer",
+        "eos_token_id": "the tokenizer",
+        "pad_token_id": "the tokenizer",
+    },
+    "bert": {
+        "vocab_size": "the tokenizer",
+        "hidden_size": "model.hidden_size",
+        "intermediate_size": "model.intermediate_size",
+        "num_hidden_layers": "model.num_layers",
+        "num_attention_heads": "model.num_heads",
+        "max_position_embeddings": "model.max_position_embeddings",
+        "hidden_dropout_prob": "model.dropout",
+        "attention_probs_dropout_prob": "model.dropout",
+        "pad_token_id": "the tokenizer",
+    },
+}
+
+
 class ModelConfig(Section):
     """The network: built from a config (sizes below) or continued from a checkpoint."""
 
@@ -109,6 +154,15 @@ class ModelConfig(Section):
             raise ValueError(
                 f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}"
             )
+        if self.init is None:
+            taken = SET_BY_LLMKIT[self.arch]
+            clash = [k for k in self.config_overrides if k in taken]
+            if clash:
+                raise ValueError(
+                    "config_overrides: "
+                    + "; ".join(f"{k} is set by llmkit from {taken[k]}" for k in clash)
+                    + (" (set that field instead)" if any("." in taken[k] for k in clash) else "")
+                )
         if self.num_kv_heads is not None:
             if self.arch != "llama":
                 raise ValueError("num_kv_heads: only the llama arch has grouped-query attention")

@@ -24,6 +24,9 @@ class FinetuneData:
     sample_shown: str = ""  # the same prompt as a person wrote it (the question)
     labels: list[str] | None = None  # classification: class names, id order
     eval_pairs: list[tuple[str, str]] | None = None  # text2text: (prompt, reference)
+    # The validation examples as scored, for the run folder: classification {text, label},
+    # text2text {source, target} (those answered at each evaluation), sft the rows as read.
+    scored_rows: list[dict[str, Any]] | None = None
 
 
 def build_data(recipe: FinetuneRecipe, tokenizer: Any, *, seq2seq: bool = False) -> FinetuneData:
@@ -56,15 +59,15 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any, *, seq2seq: bool = False)
     first = examples.row_segments(val_rows[0], recipe, tokenizer, "validation row 1")
     prompt = "".join(text for text, trained in first[: _first_trained(first)])
     eval_pairs = None
+    scored: list[dict[str, Any]] = val_rows
     if recipe.task == "text2text":
         n = recipe.eval.generate_examples or len(val_rows)
-        eval_pairs = [
-            (
-                recipe.data.template.format(source=r[recipe.data.source_column]),
-                str(r[recipe.data.target_column]),
-            )
+        d = recipe.data
+        scored = [
+            {"source": str(r[d.source_column]), "target": str(r[d.target_column])}
             for r in val_rows[:n]
         ]
+        eval_pairs = [(d.template.format(source=r["source"]), r["target"]) for r in scored]
     return FinetuneData(
         train=train,
         validation=validation,
@@ -72,6 +75,7 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any, *, seq2seq: bool = False)
         sample_prompt=prompt or None,
         sample_shown=_shown_prompt(val_rows[0], recipe, prompt),
         eval_pairs=eval_pairs,
+        scored_rows=scored,
     )
 
 
@@ -142,6 +146,8 @@ def _classification_data(
         )
     ids = {name: i for i, name in enumerate(names)}
 
+    scored: list[dict[str, Any]] = []
+
     def encode(rows: list[Any], split: str) -> list[dict[str, Any]]:
         out = []
         for i, r in enumerate(rows):
@@ -152,6 +158,8 @@ def _classification_data(
             text = examples.text_column(r, d.text_column, "text_column", where)
             enc = tokenizer(text, truncation=True, max_length=d.max_length)
             out.append({**enc, "labels": ids[label]})
+            if split == "validation":
+                scored.append({"text": text, "label": label})
         return out
 
     return FinetuneData(
@@ -159,6 +167,7 @@ def _classification_data(
         validation=encode(val_rows, "validation"),
         collator=DataCollatorWithPadding(tokenizer),
         labels=names,
+        scored_rows=scored,
     )
 
 

@@ -36,6 +36,19 @@ from llmkit.io.console import ProgressBar
 SHARD_CHARS = 1 << 22
 SPLIT_SEED = 1234
 SPLITS = ("train", "validation")
+# Lines are counted for text files, rows for tables (JSONL/CSV/Parquet/hub): read =
+# kept + dropped (too short, repeated; rows also null), each source unit once however
+# many pieces it is cut into. Characters are code points (a Chinese character is one).
+COUNTS = (
+    "n_documents",
+    "n_lines_read",
+    "n_lines_kept",
+    "n_rows_read",
+    "n_rows_kept",
+    "n_rows_null",
+    "n_chars",
+    "n_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -105,11 +118,11 @@ def _run(
         "phase": 0,
         "position": [0, 0],
         "pieces": 0,
-        "counts": dict.fromkeys(
-            ("n_documents", "n_lines_read", "n_lines_kept", "n_chars", "n_tokens"), 0
-        ),
+        "counts": {},
         "carry": {},
     }
+    for name in COUNTS:  # a partial entry from older code lacks the newer counts
+        state["counts"].setdefault(name, 0)
     seconds = state.setdefault("seconds", {})
     for name in ("read+clean", "tokenize", "pack+write", "total"):
         seconds.setdefault(name, 0.0)
@@ -225,8 +238,11 @@ def _encode_and_write(
 ) -> None:
     counts = state["counts"]
     kept = [p for p in batch if p.lines]
-    counts["n_lines_read"] += sum(p.n_read for p in batch)
-    counts["n_lines_kept"] += sum(len(p.lines) for p in kept)
+    for p in batch:
+        unit = "rows" if p.rows else "lines"
+        counts[f"n_{unit}_read"] += p.n_read
+        counts[f"n_{unit}_kept"] += p.kept
+        counts["n_rows_null"] += p.n_null
     counts["n_documents"] += sum(p.doc_end for p in kept)
     texts = [p.text for p in kept]
     counts["n_chars"] += sum(map(len, texts))

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,23 @@ def prep_cache_root() -> Path:
     return Path(os.environ.get("LLMKIT_PREP_CACHE") or assets.cache_home() / "prep")
 
 
+def writable_cache_root() -> Path:
+    """The prep cache folder, made if missing, or one line saying why it cannot be written
+    (a read-only parent gave a PermissionError traceback from the first mkdir)."""
+    root = prep_cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".llmkit-probe-"):
+            pass
+    except OSError as e:
+        where = "LLMKIT_PREP_CACHE" if os.environ.get("LLMKIT_PREP_CACHE") else "LLMKIT_CACHE"
+        raise UsageError(
+            f"cannot write the prep cache {root}: {e.strerror or e}; set {where} to a "
+            "writable folder"
+        ) from None
+    return root
+
+
 def load_tokenizer_for(recipe: PretrainRecipe) -> Any:
     """The recipe's tokenizer; `train` trains one on the corpus (cached by content)."""
     from llmkit.models.load import load_tokenizer
@@ -72,6 +90,7 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
     key = _hash(["tokenizer", fp, t.kind, t.vocab_size, t.min_frequency, recipe.task])
     folder = prep_cache_root() / "tokenizers" / key
     if not (folder / "tokenizer_config.json").exists():
+        writable_cache_root()  # a read-only cache serves what it holds, refuses new entries
         t0 = time.perf_counter()
         d = recipe.data
         seen = stream.SeenHashes() if d.dedupe else None
@@ -122,6 +141,7 @@ def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> 
     t0 = time.perf_counter()
     data = _load_cached(folder)
     if data is None:
+        writable_cache_root()
         work = shards.work_folder(folder)
         with shards.locked(work):
             data = _load_cached(folder)  # a twin process may have finished it meanwhile
@@ -162,11 +182,11 @@ def _build(
     opt = pipeline.Options(recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe)
     state = pipeline.build(folder, phases, tokenizer, opt, progress=progress)
     counts = state["counts"]
-    if counts["n_lines_kept"] == 0:
+    if counts["n_lines_kept"] + counts["n_rows_kept"] == 0:
         shutil.rmtree(shards.work_folder(folder), ignore_errors=True)  # ours, and useless
         raise UsageError(
-            f"data.sources: the corpus is empty after cleaning ({counts['n_lines_read']} lines "
-            f"read; min_chars={d.min_chars})"
+            f"data.sources: the corpus is empty after cleaning ({kept_counts(counts)}; "
+            f"min_chars={d.min_chars})"
         )
     if state["n_train_blocks"] == 0 or state["n_validation_blocks"] == 0:
         shutil.rmtree(shards.work_folder(folder), ignore_errors=True)
@@ -192,12 +212,31 @@ def _report(meta: dict[str, Any], folder: Path) -> None:
     phases = " | ".join(f"{k} {v:.2f}s" for k, v in seconds.items() if k != "total")
     rate = meta["n_tokens"] / max(seconds["total"], 1e-9)
     print(
-        f"prep: {meta['n_documents']:,} documents, {meta['n_lines_kept']:,}/"
-        f"{meta['n_lines_read']:,} lines kept, {meta['n_tokens']:,} tokens -> "
+        f"prep: {meta['n_documents']:,} documents, {kept_counts(meta)}, "
+        f"{meta['n_chars']:,} characters, {meta['n_tokens']:,} tokens -> "
         f"{meta['n_train_blocks']:,} train + {meta['n_validation_blocks']:,} validation "
         f"blocks of {meta['block_size']} ({phases}; {rate:,.0f} tokens/s)"
     )
     print(f"prep: cached in {folder}")
+
+
+def kept_counts(counts: dict[str, Any]) -> str:
+    """'38/40 rows kept (2 null, 1 too short or repeated), 80/100 lines kept (20 too short
+    or repeated)': lines of text files and rows of tables, each part adding up to its read
+    count."""
+    parts = []
+    for unit in ("lines", "rows"):
+        read, kept = counts.get(f"n_{unit}_read", 0), counts.get(f"n_{unit}_kept", 0)
+        if not read and unit == "rows":
+            continue
+        null = counts.get("n_rows_null", 0) if unit == "rows" else 0
+        dropped = [f"{null:,} null"] if null else []
+        if read - kept - null:
+            dropped.append(f"{read - kept - null:,} too short or repeated")
+        why = f" ({', '.join(dropped)})" if dropped else ""
+        if read or not counts.get("n_rows_read", 0):
+            parts.append(f"{kept:,}/{read:,} {unit} kept{why}")
+    return ", ".join(parts)
 
 
 def _load_cached(folder: Path) -> PreparedData | None:

@@ -48,6 +48,13 @@ class Piece:
     hashes: list[int] = field(default_factory=list)  # dedupe hashes of the kept lines
     joiner: str = "\n"  # what joins it to the next piece of its document
     resumable: bool = True  # `after` is a place to resume (not inside a row cut in pieces)
+    n_kept: int | None = None  # lines (rows) kept; None: len(lines). A cut one counts once.
+    rows: bool = False  # `n_read`/`n_kept` count rows of a table, not lines of a text file
+    n_null: int = 0  # rows with a null text among `n_read` (read, and dropped)
+
+    @property
+    def kept(self) -> int:
+        return len(self.lines) if self.n_kept is None else self.n_kept
 
     @property
     def text(self) -> str:
@@ -164,19 +171,47 @@ def _text_pieces(
         for (end, _), text, h in zip(
             block, stripped, _keep(stripped, min_chars, seen), strict=True
         ):
+            start = pos
             n_read += 1
             n_bytes += end - pos
             pos = end
             if h is None:
                 continue
-            lines.append(text)
-            hashes.append(h)
-            chars += len(text) + 1
-            if chars >= PIECE_CHARS:
+            ready: list[Piece] = []
+            if len(text) > 2 * PIECE_CHARS:
+                # A line longer than two pieces (a text8-style corpus is one 100 MB line) is
+                # cut by size, as a long row is: otherwise the whole file is one piece, all
+                # of it in train or in validation ("too short" for one of them).
+                if lines:
+                    ready.append(Piece(lines, False, (source, start), 0, 0, hashes))
+                parts = cut_long(text)
+                for k, (part, joiner) in enumerate(parts):
+                    last = k == len(parts) - 1
+                    ready.append(
+                        Piece(
+                            [part],
+                            False,
+                            (source, end),
+                            n_read if last else 0,
+                            n_bytes if last else 0,
+                            [h] if last else [],
+                            "\n" if last else joiner,
+                            resumable=last,
+                            n_kept=int(last),
+                        )
+                    )
+                lines, hashes, chars, n_read, n_bytes = [], [], 0, 0, 0
+            else:
+                lines.append(text)
+                hashes.append(h)
+                chars += len(text) + 1
+                if chars >= PIECE_CHARS:
+                    ready.append(Piece(lines, False, (source, end), n_read, n_bytes, hashes))
+                    lines, hashes, chars, n_read, n_bytes = [], [], 0, 0, 0
+            for piece in ready:
                 if held is not None:
                     yield held
-                held = Piece(lines, False, (source, end), n_read, n_bytes, hashes)
-                lines, hashes, chars, n_read, n_bytes = [], [], 0, 0, 0
+                held = piece
     if lines:
         if held is not None:
             yield held
@@ -194,9 +229,12 @@ def _text_pieces(
 def _row_pieces(
     src: str, source: int, start: int, column: str, min_chars: int, seen: SeenHashes | None
 ) -> Iterator[Piece]:
-    n_read = n_bytes = 0
+    n_read = n_bytes = n_null = 0
     for after, text in _rows(src, start, column):
         n_read += 1
+        if text is None:  # counted as read and dropped, so the row counts add up
+            n_null += 1
+            continue
         n_bytes += len(text)
         text = text.strip()
         (h,) = _keep([text], min_chars, seen)
@@ -214,35 +252,39 @@ def _row_pieces(
                 [h] if k == 0 else [],
                 joiner,
                 resumable=last,
+                n_kept=int(last),  # one row, however many lines or parts it has
+                rows=True,
+                n_null=n_null,
             )
-            n_read = n_bytes = 0
-    yield Piece([], False, (source + 1, 0), n_read, n_bytes)
+            n_read = n_bytes = n_null = 0
+    yield Piece([], False, (source + 1, 0), n_read, n_bytes, rows=True, n_null=n_null)
 
 
 def cut_long(text: str) -> list[tuple[str, str]]:
-    """(part, joiner) pieces of a long row, ~PIECE_CHARS each: cut at a line end, else
-    before a space (where GPT-2-style pre-tokenizers split anyway, so the ids match the
-    uncut text's), so a 350 KB CSV cell is ~350 pieces to split, not one."""
+    """(part, joiner) pieces of a long row or line, ~PIECE_CHARS each: cut at a line end,
+    else before a space (where GPT-2-style pre-tokenizers split anyway, so the ids match
+    the uncut text's), else (text with no spaces for 3 KB: Chinese, Japanese, Thai) after
+    PIECE_CHARS characters, so a 350 KB CSV cell is ~350 pieces to split, not one."""
     parts = []
     start = 0
     while len(text) - start > 2 * PIECE_CHARS:
-        newline = text.find("\n", start + PIECE_CHARS, start + 4 * PIECE_CHARS)
+        window = start + 4 * PIECE_CHARS
+        newline = text.find("\n", start + PIECE_CHARS, window)
         if newline != -1:
             parts.append((text[start:newline], "\n"))
             start = newline + 1
             continue
-        space = text.find(" ", start + PIECE_CHARS, len(text) - PIECE_CHARS)
-        if space == -1:
-            break
-        parts.append((text[start:space], ""))
-        start = space
+        space = text.find(" ", start + PIECE_CHARS, min(window, len(text) - PIECE_CHARS))
+        cut = space if space != -1 else start + PIECE_CHARS
+        parts.append((text[start:cut], ""))
+        start = cut
     parts.append((text[start:], ""))
     return parts
 
 
-def _rows(src: str, start: int, column: str) -> Iterator[tuple[int, str]]:
-    """(position after the row, its text) for each row with a text (null rows are skipped,
-    as before streaming); JSONL positions are byte offsets, others row numbers."""
+def _rows(src: str, start: int, column: str) -> Iterator[tuple[int, str | None]]:
+    """(position after the row, its text, None for a null one) for each row; JSONL
+    positions are byte offsets, others row numbers."""
     if src.startswith(sources.HUB_PREFIX):
         yield from _hub_rows(src.removeprefix(sources.HUB_PREFIX), start, column)
         return
@@ -266,13 +308,17 @@ def _starts_with_bracket(path: Path) -> bool:
         return f.read(4096).lstrip().startswith(b"[")
 
 
-def _whole_file_texts(path: Path, column: str) -> list[str]:
-    """Today's whole-file reader: reports every bad row at once, with its line."""
+def _whole_file_texts(path: Path, column: str) -> list[str | None]:
+    """Today's whole-file reader: reports every bad row at once, with its line; None for a
+    null text."""
     rows = files.read_records(path, files.has_field(column, hint="set data.text_column"))
-    texts = [(where, row) for where, row in rows if row[column] is not None]
-    return files.field_texts(
-        texts, column, blank_lines="keep", numbers=False, hint="set data.text_column"
+    present = [(where, row) for where, row in rows if row[column] is not None]
+    texts = iter(
+        files.field_texts(
+            present, column, blank_lines="keep", numbers=False, hint="set data.text_column"
+        )
     )
+    return [None if row[column] is None else next(texts) for _, row in rows]
 
 
 def _text_of(row: Any, column: str) -> str | None:
@@ -291,7 +337,7 @@ def _bad_file(path: Path, column: str) -> UsageError:
     return UsageError(f"{path}: cannot read column '{column}'")
 
 
-def _jsonl_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
+def _jsonl_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str | None]]:
     for block in _line_blocks(path, start):
         for end, line in block:
             if not line.strip():
@@ -300,11 +346,10 @@ def _jsonl_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]
                 text = _text_of(json.loads(line), column)
             except (ValueError, RecursionError):
                 raise _bad_file(path, column) from None
-            if text is not None:
-                yield end, text
+            yield end, text
 
 
-def _csv_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
+def _csv_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str | None]]:
     import csv
 
     with open(path, encoding="utf-8", newline="") as f:
@@ -313,14 +358,12 @@ def _csv_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
             for i, row in enumerate(reader):
                 if i < start:
                     continue
-                text = _text_of(row, column)
-                if text is not None:
-                    yield i + 1, text
+                yield i + 1, _text_of(row, column)
         except (csv.Error, ValueError, UnicodeDecodeError):
             raise _bad_file(path, column) from None
 
 
-def _parquet_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str]]:
+def _parquet_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, str | None]]:
     table = files.open_parquet(path)
     if column not in table.schema_arrow.names:
         raise UsageError(
@@ -331,14 +374,14 @@ def _parquet_rows(path: Path, start: int, column: str) -> Iterator[tuple[int, st
     for batch in table.iter_batches(batch_size=4096, columns=[column]):
         for value in batch.column(0).to_pylist():
             i += 1
-            if i <= start or value is None:
+            if i <= start:
                 continue
-            if not isinstance(value, str):
+            if value is not None and not isinstance(value, str):
                 raise UsageError(f"{path}: row {i}: column '{column}' must be a string")
             yield i, value
 
 
-def _hub_rows(name: str, start: int, column: str) -> Iterator[tuple[int, str]]:
+def _hub_rows(name: str, start: int, column: str) -> Iterator[tuple[int, str | None]]:
     from datasets import load_dataset
 
     try:
@@ -348,4 +391,5 @@ def _hub_rows(name: str, start: int, column: str) -> Iterator[tuple[int, str]]:
     for i, row in enumerate(ds.skip(start) if start else ds, start=start + 1):
         if column not in row:
             raise UsageError(f"hub dataset {name}: no column '{column}' (columns: {list(row)})")
-        yield i, str(row[column] or "")
+        value = row[column]
+        yield i, None if value is None else str(value)

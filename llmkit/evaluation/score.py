@@ -18,8 +18,8 @@ from llmkit.evaluation import metrics, perplexity
 from llmkit.evaluation.pairs import check_pairs
 from llmkit.evaluation.report import SystemScores
 from llmkit.evaluation.text import scheme_for
-from llmkit.io.runs import RunDir, latest_run
-from llmkit.models.card import PromptFormat, model_kind
+from llmkit.io.runs import VALIDATION_JSONL, RunDir, latest_run
+from llmkit.models.card import PromptFormat, TaskCard, model_kind, read_card
 from llmkit.models.load import DEFAULT_CAUSAL_LM, LoadedModel
 
 # The default suite must finish in a minute or two on 2 CPU cores with SmolLM2-135M:
@@ -64,6 +64,24 @@ def score_texts(
             system.signatures[name] = result.signature
     system.details["metric_seconds"] = timings
     return system
+
+
+def run_validation_file(run: Path) -> Path | None:
+    """A fine-tune's own validation examples (RUN/validation.jsonl), if it scored any with
+    a metric eval measures: sft is scored by its loss, which eval does not measure."""
+    scored = run / VALIDATION_JSONL
+    card = read_card(run) if scored.is_file() else None
+    if card is None or card.task not in ("classification", "text2text"):
+        return None
+    return scored
+
+
+def tokenize_for(card: TaskCard | None, bleu: str | None, rouge: str | None) -> Tokenize:
+    """BLEU's and ROUGE's tokenizers: the ones given, else the run's own (its card)."""
+    return (
+        bleu or (card.bleu_tokenize if card else None),
+        rouge or (card.rouge_tokenize if card else None),
+    )
 
 
 def generate_and_score(

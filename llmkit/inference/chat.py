@@ -215,6 +215,7 @@ class Reply:
     new_tokens: int
     seconds: float
     stopped: bool  # Ctrl-C ended it early
+    ended_at_once: bool = False  # the model's first new token was EOS
 
 
 @contextmanager
@@ -293,4 +294,6 @@ def stream_reply(loaded: LoadedModel, ids: list[int], config: Any, stops: list[s
         raise error
     new = outcome["out"][0, len(ids) :]
     text = tokenizer.decode(new, skip_special_tokens=True)
-    return Reply(cut_at_stop(text, stops), int(new.shape[0]), seconds, stop.is_set())
+    eos = config.eos_token_id
+    at_once = len(new) > 0 and int(new[0]) in (eos if isinstance(eos, list) else [eos])
+    return Reply(cut_at_stop(text, stops), int(new.shape[0]), seconds, stop.is_set(), at_once)

@@ -2,7 +2,7 @@
 -> `model.generate` -> completions in input order, cut at the first stop string.
 
 `generate_texts` is the entry point for commands (`generate`, `eval`) and for evaluation
-during fine-tuning (`generate_answers`). Nothing runs per token in Python except the
+during fine-tuning (`llmkit.inference.answers`). Nothing runs per token in Python except the
 streamer, and only when streaming.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.config.decoding import SAMPLING_FIELDS, DecodingConfig
@@ -31,6 +31,15 @@ class GenerationResult:
     completions: list[list[str]]  # per prompt, in input order: num_return_sequences strings
     new_tokens: int  # tokens generated over all sequences, padding after EOS excluded
     seconds: float
+    # Per prompt, per sequence: the model's first new token was EOS, so the answer is empty
+    # because the model ended it at once (an undertrained T5 does; not a bug in llmkit).
+    ended_at_once: list[list[bool]] = field(default_factory=list)
+
+    def n_ended_at_once(self) -> int:
+        return sum(sum(row) for row in self.ended_at_once)
+
+
+ENDED_AT_ONCE = "the model ended its answer at once (its first new token was EOS)"
 
 
 # --- decoding options -> transformers GenerationConfig ------------------------------------
@@ -192,13 +201,15 @@ def generate_with_stats(
     """`generate_texts` plus token count and time (options as `generate_batches`; a
     `streamer` needs a single prompt)."""
     completions: list[list[str]] = [[] for _ in prompts]
+    ended: list[list[bool]] = [[] for _ in prompts]
     new_tokens = 0
     start = time.perf_counter()
-    for indices, texts, n in generate_batches(loaded, prompts, options, **kwargs):
-        for i, completion in zip(indices, texts, strict=True):
+    for indices, texts, n, at_once in generate_batches(loaded, prompts, options, **kwargs):
+        for i, completion, flags in zip(indices, texts, at_once, strict=True):
             completions[i] = completion
+            ended[i] = flags
         new_tokens += n
-    return GenerationResult(completions, new_tokens, time.perf_counter() - start)
+    return GenerationResult(completions, new_tokens, time.perf_counter() - start, ended)
 
 
 def generate_batches(
@@ -212,9 +223,10 @@ def generate_batches(
     progress: bool = True,
     streamer: Any = None,
     answer_stops: list[str] | None = None,
-) -> Iterator[tuple[list[int], list[list[str]], int]]:
-    """(prompt indices, their completions, new tokens) per batch as each finishes, skipping
-    batches whose prompts are all `done` (a resumed job).
+) -> Iterator[tuple[list[int], list[list[str]], int, list[list[bool]]]]:
+    """(prompt indices, their completions, new tokens, whether each completion ended at once
+    with EOS) per batch as each finishes, skipping batches whose prompts are all `done` (a
+    resumed job).
 
     Every prompt is encoded and checked against the context first, so a bad one fails before
     any generation. Batches are fixed by the prompts and the batch size alone, and with a seed
@@ -238,12 +250,13 @@ def generate_batches(
             if options.seed is not None:
                 torch.manual_seed(options.seed + k)  # seeds CPU and every CUDA device
             rows = [ids[i] for i in batch]
-            texts, n = _generate_batch(loaded, rows, config, streamer, answer_stops)
+            texts, n, ended = _generate_batch(loaded, rows, config, streamer, answer_stops)
             per_prompt = len(texts) // len(batch)  # n sequences per row, grouped
             yield (
                 batch,
                 [texts[j * per_prompt : (j + 1) * per_prompt] for j in range(len(batch))],
                 n,
+                [ended[j * per_prompt : (j + 1) * per_prompt] for j in range(len(batch))],
             )
             bar(len(batch), tokens=n)
 
@@ -254,7 +267,7 @@ def _generate_batch(
     config: Any,
     streamer: Any,
     answer_stops: list[str] | None = None,
-) -> tuple[list[str], int]:
+) -> tuple[list[str], int, list[bool]]:
     from transformers import StoppingCriteriaList
 
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -281,40 +294,11 @@ def _generate_batch(
     # tokens, which begin with its start token (T5: the pad id, dropped when counting).
     new = out[:, 1:] if loaded.is_encoder_decoder else out[:, input_ids.shape[1] :]
     n_tokens = int((new != config.pad_token_id).sum())
+    eos = config.eos_token_id
+    eos_ids = {e for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+    firsts = new[:, 0].tolist() if new.shape[1] else [None] * len(new)
+    ended = [t in eos_ids for t in firsts]
     texts = tokenizer.batch_decode(new, skip_special_tokens=True)
     if answer_stops:
-        return [cut_at_stop(t.lstrip(), answer_stops) for t in texts], n_tokens
-    return [cut_at_stop(t, stops) for t in texts], n_tokens
-
-
-# Answers per generate call during evaluation: on CPU a decode step reads every weight whatever
-# the batch, so bigger batches are nearly free (see llmkit eval's batch size).
-ANSWER_BATCH = 32
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    *,
-    max_new_tokens: int,
-    stop: list[str] | None = None,
-) -> list[str]:
-    """Greedy answers (prompt text and leading whitespace not included, stopped at the first
-    `stop` string once the answer has begun) from a model being trained: switched to eval
-    mode for the call and back."""
-    was_training = model.training
-    model.eval()
-    try:
-        loaded = LoadedModel(model=model, tokenizer=tokenizer, description="")
-        options = DecodingConfig(max_new_tokens=max_new_tokens, do_sample=False)
-        out = generate_texts(
-            loaded, prompts, options, batch_size=ANSWER_BATCH, progress=False, answer_stops=stop
-        )
-    finally:
-        model.train(was_training)
-    return [c[0].strip() for c in out]
-
-
-def sample_answer(model: Any, tokenizer: Any, prompt: str) -> str:
-    return generate_answers(model, tokenizer, [prompt], max_new_tokens=48)[0]
+        return [cut_at_stop(t.lstrip(), answer_stops) for t in texts], n_tokens, ended
+    return [cut_at_stop(t, stops) for t in texts], n_tokens, ended

@@ -66,7 +66,7 @@ def generate_to_jsonl(
     with StopFlag("this batch") as stop, partial.open("ab") as f:
         if not finished:
             f.write((json.dumps(header) + "\n").encode())
-        for indices, completions, n in generate_batches(
+        for indices, completions, n, _ in generate_batches(
             loaded,
             prompts,
             options,

@@ -4,6 +4,7 @@
       recipe.yaml        the resolved recipe (after overrides), so the run can be repeated
       metrics.jsonl      one JSON line per logging / eval step
       metrics.json       final numbers (eval loss and perplexity before and after, tokens/s)
+      validation.jsonl   fine-tunes: the validation examples scored (what `llmkit eval` reads)
       checkpoint-<N>/    Trainer checkpoints (model, optimizer, scheduler, RNG, data position)
       config.json, model.safetensors, tokenizer files, generation_config.json   final model
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from llmkit.errors import Fix, UsageError
 from llmkit.io.write import (
+    check_output,
     check_replaceable,
     mark_owned,
     owner_kind,
@@ -37,6 +39,9 @@ RUN = "run"  # the marker kind of a run folder
 RECIPE_FILE = "recipe.yaml"
 METRICS_JSONL = "metrics.jsonl"
 METRICS_JSON = "metrics.json"
+# The validation examples a fine-tune scored, in the fields `llmkit eval` reads (text/label,
+# source/target), so `llmkit eval` of the run reproduces its own evaluation.
+VALIDATION_JSONL = "validation.jsonl"
 LATEST_FILE = "LATEST"
 
 
@@ -55,6 +60,10 @@ class RunDir:
     @property
     def metrics_json(self) -> Path:
         return self.path / METRICS_JSON
+
+    @property
+    def validation_jsonl(self) -> Path:
+        return self.path / VALIDATION_JSONL
 
     def holds_run(self) -> bool:
         """Training happened here: a checkpoint or a final model. A folder with only
@@ -96,6 +105,12 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"output dir {self.path} exists and is not a folder")
+        # A real write probe now, before prep and the model build (a read-only folder was
+        # found only after both, minutes in on a large corpus).
+        try:
+            check_output(self.path, folder=True)
+        except UsageError as e:
+            raise UsageError(f"output dir {self.path} is not writable ({e.message})") from None
         if resume:
             if self.checkpoints() or self.finished() is not None:
                 return  # a finished run is told "nothing to do" by the command
@@ -156,6 +171,28 @@ class RunDir:
             if record.get("step") == 0 and "eval_loss" in record:
                 return float(record["eval_loss"])
         return None
+
+    def trim_metrics(self, step: int) -> int:
+        """Drop the metrics.jsonl rows logged after `step` (a resume from checkpoint-`step`
+        trains those steps again), atomically; returns how many were dropped. A line that is
+        not JSON (cut short by a kill) is dropped too."""
+        if not self.metrics_jsonl.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.metrics_jsonl.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                at = int(record["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if at > step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            write_text(self.metrics_jsonl, "".join(kept))
+        return dropped
 
     def write_recipe(self, text: str) -> None:
         write_text(self.recipe_file, text)

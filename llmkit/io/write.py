@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -179,6 +181,63 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
+# Temporary siblings llmkit makes while writing a folder: `.<name>.<pid>.<random>.llmkit-tmp`
+# (the new folder being built) and `.<name>.<pid>.llmkit-old` (the folder it replaces, for
+# the instant between two renames). A kill -9 leaves them behind; the name (ours, with the
+# writer's pid) is how a later writer knows them, so a user's own hidden folder never matches.
+TMP_SUFFIX = ".llmkit-tmp"
+OLD_SUFFIX = ".llmkit-old"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def clear_stale(target: Path) -> list[str]:
+    """Remove the temporaries that killed llmkit writers left beside `target` (their pid is
+    gone); an old folder set aside with no new one in its place is put back. Returns what
+    was done, one phrase each, and says it on stderr."""
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    name = re.escape(target.name)
+    stale = re.compile(rf"\.{name}\.(\d+)\.(?:[^/]+{re.escape(TMP_SUFFIX)}|llmkit-old)")
+    done = []
+    for entry in sorted(parent.iterdir()):
+        found = stale.fullmatch(entry.name)
+        if found is None or not entry.is_dir() or _pid_alive(int(found.group(1))):
+            continue
+        if entry.name.endswith(OLD_SUFFIX) and not target.exists():
+            entry.rename(target)  # killed between the two renames: the old folder is whole
+            done.append(f"restored {target} from {entry.name}")
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry.name}")
+    if done:
+        print(
+            f"note: cleaned up after a killed llmkit process in {parent}: {'; '.join(done)}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return done
+
+
+def _temp_folder(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale(target)
+    return Path(
+        tempfile.mkdtemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=target.parent
+        )
+    )
+
+
 def atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
     """Run `build(tmp)` in a temporary sibling folder and rename it to `target` (which must
     not exist; see `replace_folder`).
@@ -186,8 +245,7 @@ def atomic_folder(target: Path, build: Callable[[Path], None]) -> Path:
     A crash or a concurrent process never leaves a half-written folder behind; if another
     process won the race, its folder is kept and ours dropped.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = _temp_folder(target)
     try:
         build(tmp)
         try:
@@ -205,6 +263,7 @@ def replace_folder(target: Path, build: Callable[[Path], None], *, kind: str) ->
     `target` (which must be llmkit's own, `check_replaceable`) is deleted only after the new
     one is whole, so a kill -9 or full disk mid-way leaves the old folder, never half a new one.
     """
+    clear_stale(target)
     if target.exists():
         check_replaceable(target, kind)
 
@@ -214,8 +273,8 @@ def replace_folder(target: Path, build: Callable[[Path], None], *, kind: str) ->
 
     if not target.exists():
         return atomic_folder(target, build_marked)
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    old = target.with_name(f".{target.name}.{os.getpid()}{OLD_SUFFIX}")
+    tmp = _temp_folder(target)
     try:
         build_marked(tmp)
         target.rename(old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmkit.errors import UsageError
 from llmkit.models.load import check_vocab, loading, resolve_ref
 
 
@@ -29,8 +30,23 @@ def build_model(recipe: Any, tokenizer: Any) -> Any:
     # and aligned shapes let the output projection use faster matmul kernels.
     mult = m.pad_vocab_to_multiple_of
     vocab = -(-len(tokenizer) // mult) * mult
-    config = AutoConfig.for_model(m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides)
-    model = auto.from_config(config, attn_implementation=m.attn_implementation)
+    try:
+        # Keys llmkit sets are refused by the recipe schema (SET_BY_LLMKIT), so none is
+        # passed twice here.
+        config = AutoConfig.for_model(
+            m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides
+        )
+        model = auto.from_config(config, attn_implementation=m.attn_implementation)
+    except Exception as e:  # huggingface_hub's strict checks raise bare Exceptions
+        if not m.config_overrides:
+            raise  # llmkit's own sizes: a bug, keep the traceback
+        # e.g. `layer_norm_epsilon: abc`: huggingface_hub's StrictDataclassFieldValidationError
+        # (an Exception, two lines), or a TypeError from deep inside the model's __init__.
+        said = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise UsageError(
+            f"model.config_overrides: the {m.arch} model cannot be built with them: "
+            f"{said[:300] or type(e).__name__}"
+        ) from None
     return model
 
 

@@ -160,6 +160,42 @@ class MetricsJsonl(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
+class LogBeforeSave(TrainerCallback):
+    """Log the training loss at every step that saves a checkpoint or ends training.
+
+    A checkpoint's `log_history` then covers every step up to it, so a resumed run can
+    report `train_loss` over the whole run (`whole_run_train_loss`): transformers' own
+    `training_loss` covers only the steps trained since the resume (a 10-step run resumed
+    at step 5 reported the mean of steps 6-10). Registered last: it reads the `should_save`
+    that the flow and signal callbacks set."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save or control.should_training_stop:
+            control.should_log = True
+
+
+def whole_run_train_loss(
+    log_history: list[dict[str, Any]], start_step: int, resumed_loss: float, end_step: int
+) -> float:
+    """The mean training loss over steps 1..end_step of a run resumed at `start_step`, from
+    the logged means up to `start_step` (each covering the steps since the log before it)
+    and transformers' mean over the steps trained since. Not resumed: `resumed_loss`."""
+    if start_step <= 0 or end_step <= start_step:
+        return resumed_loss
+    rows = sorted(
+        (int(r["step"]), float(r["loss"]))
+        for r in log_history
+        if "loss" in r and "step" in r and int(r["step"]) <= start_step
+    )
+    if not rows or rows[-1][0] != start_step:
+        return resumed_loss  # a checkpoint from before LogBeforeSave: the log has a gap
+    before, prev = 0.0, 0
+    for step, loss in rows:
+        before += loss * (step - prev)
+        prev = step
+    return (before + resumed_loss * (end_step - start_step)) / end_step
+
+
 class RunTensorBoard(TensorBoardCallback):
     """TensorBoard events in one folder per run, `<run>/tensorboard`.
 

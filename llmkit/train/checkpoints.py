@@ -177,6 +177,27 @@ def _torch_zip_problem(path: Path) -> str | None:
     return f"corrupt member {bad}" if bad else None
 
 
+def check_resume_processes(run: RunDir, world_size: int) -> None:
+    """Refuse, before any work, to resume an FSDP checkpoint on another number of processes
+    than saved it (found by its per-rank RNG files, rng_state_<rank>.pth): one process failed
+    with transformers' "only supported when using PyTorch FSDP" traceback, and three
+    resumed a two-process run with a global batch of 24 blocks instead of 16, so the data
+    position and every later step differed from the run being continued."""
+    whole = [c for c in reversed(run.checkpoints()) if checkpoint_problem(c) is None]
+    if not whole:
+        return
+    newest = whole[0]
+    if not any(p.name.startswith("pytorch_model_fsdp") for p in newest.iterdir()):
+        return
+    saved = len(list(newest.glob("rng_state_*.pth"))) or 1
+    if saved != world_size:
+        raise UsageError(
+            f"{newest} was saved by {saved} FSDP process{'es' if saved > 1 else ''} and this "
+            f"run has {world_size}: resume it on {saved} (train.devices x nodes), since its "
+            "batch and data position follow the process count"
+        )
+
+
 def resumable_checkpoint(run: RunDir) -> Path:
     """The newest whole checkpoint; broken newer ones are moved aside with a warning."""
     candidates = run.checkpoints()

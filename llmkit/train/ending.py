@@ -68,6 +68,9 @@ class Ending:
     evaluation: dict[str, Any]  # evaluate() numbers of the kept weights
     max_steps: int
     epochs: float | None  # the epochs asked for, when the run was measured in epochs
+    # When training made the chosen metric worse than the model before training: what was
+    # done about it, in one line (None: training did not make it worse).
+    versus_before: str | None = None
 
     def metrics(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,12 +81,47 @@ class Ending:
         }
         if self.epochs is not None:
             out["epochs"] = self.epochs
+        if self.versus_before is not None:
+            out["versus_before"] = self.versus_before
         return out
 
 
-def ending(trainer: Any) -> Ending:
+def start_weights(model: Any) -> dict[str, Any]:
+    """Copies of the weights training changes (LoRA: the adapter and any new head; full
+    fine-tuning: all of them), so the model before training stays a candidate for the kept
+    weights. One copy of the trainable parameters: 1.8M for the default LoRA run, 135M x 4 B
+    = 0.5 GB for a full SmolLM2 fine-tune."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _restore(model: Any, weights: dict[str, Any]) -> bool:
+    import torch
+
+    params = dict(model.named_parameters())
+    if any(n not in params or params[n].shape != w.shape for n, w in weights.items()):
+        return False  # the model was rebuilt or sharded since: keep what training left
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w)
+    return True
+
+
+def ending(
+    trainer: Any,
+    *,
+    before: dict[str, Any] | None = None,
+    weights_before: dict[str, Any] | None = None,
+    metric: str | None = None,
+) -> Ending:
     """Why `trainer.train()` returned, the weights it left in `trainer.model`, and their
-    evaluation (from the log when training evaluated them, else one `evaluate()`)."""
+    evaluation (from the log when training evaluated them, else one `evaluate()`).
+
+    `before`: the evaluation before training. When the kept weights score worse than it on
+    `metric` (default: the one that picks the best checkpoint, else eval_loss), the model
+    before training is the better one: with `weights_before` (the run keeps its best
+    weights) they are put back and kept; either way the ending says so. A 15-step classifier
+    fine-tune went from accuracy 0.026 to 0.000 and its final weights were reported as the
+    kept "best"."""
     state, args = trainer.state, trainer.args
     best = state.best_model_checkpoint if args.load_best_model_at_end else None
     kept_step = state.global_step
@@ -121,12 +159,39 @@ def ending(trainer: Any) -> Ending:
     else:
         reason = f"the training data ran out at step {state.global_step}"
     name = Path(best).name if best is not None else None
-    return Ending(reason, name, kept, evaluation, state.max_steps, epochs)
+    versus = None
+    chosen = metric or args.metric_for_best_model or "eval_loss"
+    if before is not None and chosen in before and chosen in evaluation:
+        was, now = float(before[chosen]), float(evaluation[chosen])
+        higher_is_better = chosen != "eval_loss"
+        short = chosen.removeprefix("eval_")
+        if was > now if higher_is_better else was < now:
+            if weights_before is not None and _restore(trainer.model, weights_before):
+                trained = name or f"step {state.global_step}"
+                versus = (
+                    f"training made {short} worse ({was:.4g} before training, {now:.4g} at "
+                    f"best, {trained}): kept the weights from before training, which score "
+                    "better"
+                )
+                kept = f"the weights from before training ({short} {was:.4g})"
+                name = None
+                evaluation = {k: v for k, v in before.items() if k not in ("step", "epoch")}
+                evaluation.pop("eval_perplexity", None)
+            else:
+                versus = (
+                    f"the kept weights score below the model before training ({short} "
+                    f"{now:.4g} vs {was:.4g} before): the model before training is better"
+                )
+    return Ending(reason, name, kept, evaluation, state.max_steps, epochs, versus)
 
 
 def summary(metrics: dict[str, Any]) -> str:
-    """'stopped: reached max_steps 60; kept the final weights (step 60)' from metrics.json."""
-    return f"stopped: {metrics['stop_reason']}; kept {metrics['kept']}"
+    """'stopped: reached max_steps 60; kept the final weights (step 60)' from metrics.json,
+    and a warning line when the model before training scored better."""
+    line = f"stopped: {metrics['stop_reason']}; kept {metrics['kept']}"
+    if metrics.get("versus_before"):
+        line += f"\nwarning: {metrics['versus_before']}"
+    return line
 
 
 def _early_stopping(trainer: Any) -> Any:

@@ -18,7 +18,13 @@ from llmkit.config.recipe import TrainConfig
 from llmkit.errors import AlreadyFinished, Fix, UsageError
 from llmkit.io.quiet import tied_weights_not_missing
 from llmkit.io.runs import RunDir
-from llmkit.train.callbacks import MetricsJsonl, ProgressLines, RunTensorBoard
+from llmkit.train.callbacks import (
+    LogBeforeSave,
+    MetricsJsonl,
+    ProgressLines,
+    RunTensorBoard,
+    whole_run_train_loss,
+)
 from llmkit.train.checkpoints import (
     AtomicCheckpointsMixin,
     FiniteTrainingMixin,
@@ -74,6 +80,7 @@ def build_trainer(
     if train.tensorboard:  # after ProgressLines: it logs the perplexity that one adds
         trainer.add_callback(RunTensorBoard(run.path / "tensorboard"))
     trainer.add_callback(StopOnSignal())
+    trainer.add_callback(LogBeforeSave())  # last: reads the should_save set by those above
     return trainer
 
 
@@ -88,8 +95,14 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
             checkpoint = str(resumable_checkpoint(run))
     if checkpoint is not None and (done := _finished_checkpoint(trainer, run, Path(checkpoint))):
         return done
-    if checkpoint and trainer.args.process_index == 0:
-        print(f"resuming from {checkpoint}")
+    start_step = 0
+    if checkpoint is not None:
+        start_step = _step_of(Path(checkpoint))
+        if trainer.args.process_index == 0:
+            print(f"resuming from {checkpoint}")
+            # Rows logged after the checkpoint (the steps between it and the kill) are
+            # trained again now; kept, metrics.jsonl would hold those steps twice.
+            run.trim_metrics(start_step)
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
     stop.install()
     try:
@@ -113,7 +126,14 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
     stop.exit_if_interrupted(
         trainer.state.global_step, run.path, main=trainer.args.process_index == 0
     )
-    return out
+    loss = whole_run_train_loss(
+        trainer.state.log_history, start_step, out.training_loss, trainer.state.global_step
+    )
+    return out._replace(training_loss=loss)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
 
 
 def _finished_checkpoint(trainer: Trainer, run: RunDir, checkpoint: Path) -> Any:
@@ -149,9 +169,12 @@ def _finished_checkpoint(trainer: Trainer, run: RunDir, checkpoint: Path) -> Any
     trainer._load_from_checkpoint(source)
     if args.process_index == 0:
         print(f"{checkpoint} is at max_steps {goal}: saving {Path(source).name} as the final model")
-    # No step ran here: report the last logged training loss (step 1 is always logged).
-    losses = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
-    return TrainOutput(step, losses[-1] if losses else float("nan"), {})
+    # No step ran here: the mean over the logged steps (a log at every save covers them all).
+    rows = [(int(r["step"]), float(r["loss"])) for r in trainer.state.log_history if "loss" in r]
+    total, prev = 0.0, 0
+    for at, loss in rows:
+        total, prev = total + loss * (at - prev), at
+    return TrainOutput(step, total / prev if prev else float("nan"), {})
 
 
 def generation_eval_trainer(
@@ -168,7 +191,7 @@ def generation_eval_trainer(
     splits the same references (llmkit.evaluation.text)."""
     from llmkit.evaluation.metrics import generation_scores
     from llmkit.evaluation.text import scheme_for
-    from llmkit.inference.generate import generate_answers
+    from llmkit.inference.answers import generate_answers
 
     if pairs is None:
         return Trainer
