@@ -15,6 +15,7 @@ table on stdout (llmkit.evaluation.report). Status lines go to stderr.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from llmkit import assets
@@ -35,7 +36,7 @@ from llmkit.evaluation.report import (
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
-from llmkit.io.runs import METRICS_JSON
+from llmkit.io.runs import METRICS_JSON, writer_lock
 from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
 from llmkit.models.load import LoadedModel, folder_kind
@@ -51,20 +52,21 @@ def run_eval(req: EvalRequest) -> Path:
     """Validate, score, save, show. Returns the output folder."""
     mode = pick_mode(req)
     names = parse_metric_names(req.metrics)
-    out_dir = prepare_output_dir(req)
-    start = time.perf_counter()
-    if mode == "preds":
-        report = eval_predictions(req, names)
-    elif mode == "generate":
-        report = eval_generation(req, names, out_dir)
-    elif mode == "text":
-        report = eval_text(req)
-    else:
-        report = eval_default_suite(req, names, out_dir)
-    if len(report.systems) == 2:
-        compare(report, req.bootstrap, req.bootstrap_seed)
-    report.settings["seconds"] = round(time.perf_counter() - start, 2)
-    save(report, out_dir)
+    with ExitStack() as held:  # the output folder's writer lock, until saved
+        out_dir = prepare_output_dir(req, held)
+        start = time.perf_counter()
+        if mode == "preds":
+            report = eval_predictions(req, names)
+        elif mode == "generate":
+            report = eval_generation(req, names, out_dir)
+        elif mode == "text":
+            report = eval_text(req)
+        else:
+            report = eval_default_suite(req, names, out_dir)
+        if len(report.systems) == 2:
+            compare(report, req.bootstrap, req.bootstrap_seed)
+        report.settings["seconds"] = round(time.perf_counter() - start, 2)
+        save(report, out_dir)
     show(report, out_dir)
     return out_dir
 
@@ -86,8 +88,9 @@ def pick_mode(req: EvalRequest) -> str:
     return "default"
 
 
-def prepare_output_dir(req: EvalRequest) -> Path:
-    """--output-dir, else runs/eval/<--name or a timestamp>; never overwrite silently."""
+def prepare_output_dir(req: EvalRequest, held: ExitStack) -> Path:
+    """--output-dir, else runs/eval/<--name or a timestamp>; never overwrite silently; its
+    writer lock is entered into `held`."""
     if req.resume and req.output_dir is None and req.name is None:
         raise UsageError("--resume needs the --name or --output-dir of the interrupted evaluation")
     if req.output_dir is not None:
@@ -102,6 +105,7 @@ def prepare_output_dir(req: EvalRequest) -> Path:
                 n += 1
     inputs = [req.preds, req.refs, req.preds_b, *(req.text or [])]
     check_output(out, [*inputs, Path(req.data) if req.data else None], folder=True)
+    held.enter_context(writer_lock(out))
     foreign = [p.name for p in out.iterdir() if p.name not in EVAL_FILES] if out.is_dir() else []
     if foreign and owner_kind(out) != EVAL:
         raise UsageError(

@@ -143,10 +143,23 @@ def work_folder(entry: Path) -> Path:
 
 @contextmanager
 def locked(work: Path) -> Iterator[None]:
-    """One writer per partial entry: a second prep of the same data waits for the first."""
+    """One writer per partial entry (a kernel lock: a killed process frees it). A second
+    prep of the same data waits for the first, saying whose it is, and then finds the entry
+    whole: failing instead would make two runs on one corpus (distinct output folders, or
+    the ranks of one run) fail for no reason of their own."""
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(work / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            who = f"llmkit process {pid}" if pid.isdigit() else "another llmkit process"
+            print(f"prep: waiting for {who}, which is preparing the same data", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
         try:
             yield
         finally:

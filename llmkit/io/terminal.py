@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from llmkit.io import interrupt
 from llmkit.io.write import atomic_path
 
 HISTORY_LINES = 1000
@@ -44,6 +45,7 @@ class LineInput:
             print(file=sys.stderr)  # the shell's next prompt starts on a line of its own
             return None
         except KeyboardInterrupt:
+            interrupt.forget()  # consumed here: clears the line or ends the session
             typed = self.readline.get_line_buffer() if self.readline is not None else ""
             print(file=sys.stderr)
             return "" if typed else None
