@@ -9,6 +9,7 @@ and a `.partial` file it did not write.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,10 +20,14 @@ from conftest import REPO, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmkit.commands.generate import run_generate
+from llmkit.config.inference import GenerateRequest
 from llmkit.config.loader import load_recipe
 from llmkit.config.pretrain import PretrainRecipe
 from llmkit.data import pipeline, shards
 from llmkit.data.prep import load_tokenizer_for, prepare
+from llmkit.errors import UsageError
+from llmkit.inference import resumable
 
 TINY = REPO / "recipes/pretrain/tiny-cpu.yaml"
 SHARD_CHARS = 2_000  # tests/data (44 KB) in ~20 shards
@@ -147,7 +152,7 @@ def test_a_manifest_that_is_not_json_is_set_aside_in_one_line(
     args = ["prep", str(TINY), *(a for o in OVERRIDES for a in ("--set", o))]
     out = subprocess.run(
         [sys.executable, "-c", script, *args],
-        env={**__import__("os").environ, "LLMKIT_PREP_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "LLMKIT_PREP_CACHE": str(tmp_path / "cache")},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -159,3 +164,89 @@ def test_a_manifest_that_is_not_json_is_set_aside_in_one_line(
     ]
     rerun = run_cli(*args, env={"LLMKIT_PREP_CACHE": str(tmp_path / "cache")})
     assert rerun.returncode == 0 and "prep: cache hit" in rerun.stdout  # fixed for good
+
+
+# --- resumable generate jobs ----------------------------------------------------------------------
+
+
+def _job(folder: Path, model: Path, *, resume: bool) -> GenerateRequest:
+    return GenerateRequest(
+        model=str(model), input=folder / "q.txt", output=folder / "out.jsonl",
+        batch_size=2, max_new_tokens=4, do_sample=True, seed=3, resume=resume,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def interrupted(
+    tmp_path_factory: pytest.TempPathFactory, tiny_gpt2_dir: Path
+) -> tuple[Path, bytes, bytes]:
+    """(a folder with q.txt, the .partial of a job stopped after 5 of 20 batches, the bytes of
+    the uninterrupted job's output), all made in this process, as the examples resume."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    (folder / "q.txt").write_text("".join(f"Prompt number {i} says\n" for i in range(40)))
+    run_generate(_job(folder, tiny_gpt2_dir, resume=False))
+    whole = (folder / "out.jsonl").read_bytes()
+    (folder / "out.jsonl").unlink()
+    mp = pytest.MonkeyPatch()
+    try:  # every line written, then a crash before the output file: the partial remains
+        mp.setattr(resumable, "write_jsonl", lambda *a: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            run_generate(_job(folder, tiny_gpt2_dir, resume=False))
+    finally:
+        mp.undo()
+    lines = (folder / "out.jsonl.partial").read_bytes().splitlines(keepends=True)
+    assert len(lines) == 41
+    partial = b"".join(lines[:11])  # the header and 5 batches of 2: stopped there
+    return folder, partial, whole
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_damaged_partial_file_resumes_to_the_same_bytes_or_is_refused_in_one_line(
+    interrupted: tuple[Path, bytes, bytes],
+    tiny_gpt2_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    data: st.DataObject,
+) -> None:
+    template, partial, whole = interrupted
+    folder = tmp_path_factory.mktemp("job")
+    shutil.copy(template / "q.txt", folder / "q.txt")
+    raw = bytearray(partial)
+    if data.draw(st.booleans(), "flip"):
+        at = data.draw(st.integers(0, len(raw) - 1), "offset")
+        raw[at] ^= data.draw(st.integers(1, 255), "mask")
+    else:
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1), "length")]
+    (folder / "out.jsonl.partial").write_bytes(bytes(raw))
+    try:
+        run_generate(_job(folder, tiny_gpt2_dir, resume=True))
+    except UsageError as e:
+        text = e.render()
+        assert "\n" not in text and text.startswith("error: "), text
+        assert (folder / "out.jsonl.partial").read_bytes() == bytes(raw)  # left as it was
+        if "does not begin with the header llmkit writes" in text:
+            assert "delete" not in text  # never advised for a file llmkit cannot vouch for
+        return
+    assert (folder / "out.jsonl").read_bytes() == whole
+    assert not (folder / "out.jsonl.partial").exists()
+
+
+def test_a_users_own_partial_file_is_not_called_llmkits(tmp_path: Path) -> None:
+    (tmp_path / "q.txt").write_text("a prompt\n")
+    mine = tmp_path / "out.jsonl.partial"
+    mine.write_text("my notes, not llmkit's\n")
+    args = ["generate", "--input", "q.txt", "--output", "out.jsonl"]
+    for resume in ([], ["--resume"]):
+        out = run_cli(*args, *resume, cwd=tmp_path)
+        assert out.returncode == 2
+        line = out.stderr.strip()
+        assert line == (
+            f"error: {mine.name} is in the way: llmkit keeps an unfinished job's results under "
+            "that name, and this file does not begin with the header llmkit writes, so it is "
+            "not one of them; move it or choose another output"
+        )
+    assert mine.read_text() == "my notes, not llmkit's\n"
