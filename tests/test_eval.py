@@ -288,7 +288,7 @@ def test_eval_with_no_arguments_scores_smollm2_on_held_out_data(tmp_path: Path) 
     result = run_cli("eval", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    (folder,) = (tmp_path / "runs" / "eval").iterdir()
+    (folder,) = (p for p in (tmp_path / "runs" / "eval").iterdir() if p.is_dir())  # + .lock
     saved = read_metrics(folder)
     assert saved["system"].startswith("embedded:smollm2 (LlamaForCausalLM")
     assert 5 < saved["metrics"]["perplexity_sliding"] < saved["metrics"]["perplexity_per_document"]

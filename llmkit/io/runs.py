@@ -223,8 +223,12 @@ def _acquire(output: Path) -> str | None:
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise UsageError(f"output {output} cannot be locked for writing: {e.strerror}") from e
+    except OSError:
+        # Nothing can be written beside the output (a file where its folder should be, a
+        # read-only parent): the command's own check says so in its words ("output dir x is
+        # not writable"). Known gap: a writable run folder under a read-only parent goes
+        # unlocked.
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
