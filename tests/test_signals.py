@@ -164,6 +164,8 @@ def test_the_prep_cache_entry_has_one_writer_and_the_second_prep_waits(workdir: 
     assert second.returncode == 0, second.stderr[-2000:]
     out = second.stdout
     assert "prep: cache hit" in out or "waiting for llmkit process" in out, out
+    if "waiting for" in out:  # it came while the first was writing: it named the first
+        assert f"prep: waiting for llmkit process {first.pid}, which is preparing" in out
 
 
 # --- signals at every phase ----------------------------------------------------------------------
