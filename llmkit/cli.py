@@ -332,17 +332,15 @@ def main() -> None:
     from llmkit.io import interrupt
 
     interrupt.install()  # first: a Ctrl-C at any moment is seen (llmkit.io.interrupt)
-    from typer import _click
+    try:  # from the very next line: a signal while the libraries import ends here too
+        from llmkit.io.quiet import quiet_libraries
 
-    from llmkit.io.quiet import quiet_libraries
-
-    quiet_libraries()
-    try:
+        quiet_libraries()
         code = app(standalone_mode=False)
     except Exception as e:
         signum = interrupt.received()
         if signum is None:
-            _exit_2_on_usage_error(e, _click.exceptions.ClickException)
+            _exit_2_on_usage_error(e)
             raise
         # A library turned the signal's exception into its own error (pydantic-core wraps one
         # raised inside a serializer callback as PydanticSerializationError): the signal is
@@ -365,15 +363,17 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _exit_2_on_usage_error(e: Exception, click_error: type[Exception]) -> None:
+def _exit_2_on_usage_error(e: Exception) -> None:
     """One `error:` line and exit 2 for bad usage; anything else returns (a bug: re-raised)."""
+    from typer import _click
+
     if isinstance(e, UsageError):
         print(e.render(FIX_WORDING), file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    if isinstance(e, click_error):  # typer's parsing: a bad or missing option
+    if isinstance(e, _click.exceptions.ClickException):  # typer's parsing: a bad option
         ctx = getattr(e, "ctx", None)
         if ctx is not None and ctx.command.hidden and ctx.parent is not None:
             ctx = ctx.parent  # `llmkit prep --bogus` runs the hidden `prep run`
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        print(f"error: {e.format_message()}{where}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
