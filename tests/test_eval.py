@@ -308,7 +308,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
     --max-new-tokens is refused, naming it."""
     data = write_jsonl(
         tmp_path / "d.jsonl",
-        [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(120)],
+        [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(60)],
     )
     args = ["eval", "--model", str(tiny_gpt2_dir), "--data", str(data), "--batch-size", "2",
             "--max-new-tokens", "6", "--metrics", "bleu,length"]  # fmt: skip
