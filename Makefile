@@ -16,7 +16,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install assets demo test test-slow test-latest canary lock lint typecheck check bench clean
+.PHONY: install assets demo test test-slow test-load test-latest canary lock lint typecheck check bench clean
 
 install: $(VENV)/.installed
 # A venv this target made is rebuilt whole when the lock changes, so it holds exactly the lock
@@ -44,6 +44,16 @@ test: install
 # End-to-end runs over a minute each; CI runs them too.
 test-slow: install
 	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+# The signal and concurrent-writer tests again, beside two CPU-burning processes (a busy
+# machine: every wait in them is on an output line, a file or a lock, never on the clock).
+# The burners are killed by PID however pytest ends; its exit status is make's. The hang guard
+# is 1800 s, not 600: beside the burners and other jobs a test here took 10 min.
+test-load: install
+	@$(BIN)/python -c 'while 1: pass' & b1=$$!; \
+	$(BIN)/python -c 'while 1: pass' & b2=$$!; \
+	trap 'kill $$b1 $$b2' EXIT; \
+	$(BIN)/python -m pytest -m 'signals and not slow' --timeout=1800 $(PYTEST_ARGS)
 
 # The canary: a fresh venv with the newest releases pyproject allows (torch stays at its pin),
 # then the tests. Run it before `make lock`; a failure here is a release that would break users.

@@ -189,6 +189,8 @@ def pretrain_cmd(req: TrainRequest) -> None:
     recipe = _load(PretrainRecipe, req)
     if recipe is not None and req.resume:
         _stop_if_finished(recipe, req)
+    if recipe is not None:
+        _hold_run(recipe)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.pretrain import run_pretrain
 
@@ -204,6 +206,8 @@ def finetune_cmd(req: TrainRequest) -> None:
     recipe = _load(FinetuneRecipe, req)
     if recipe is not None and req.resume:
         _stop_if_finished(recipe, req)
+    if recipe is not None:
+        _hold_run(recipe)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.finetune import run_finetune
 
@@ -232,6 +236,16 @@ def _stop_if_finished(recipe: Any, req: TrainRequest) -> None:
     run = RunDir(recipe.output_dir)
     check_finished(run, recipe.train)
     check_resume_processes(run, recipe.train.devices * req.nodes)
+
+
+def _hold_run(recipe: Any) -> None:
+    """One writer per run folder, taken before workers launch (they inherit it); in a run
+    launched by torchrun or accelerate, rank 0 holds it (raises UsageError naming the PID of
+    the process already writing it)."""
+    from llmkit.io.runs import hold_writer_lock
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        hold_writer_lock(recipe.output_dir)
 
 
 def _launched(devices: int, req: TrainRequest) -> bool:
@@ -319,41 +333,56 @@ def main() -> None:
     and exit code 2 (bad usage), 130/143 (interrupted), or a traceback (a bug in llmkit)."""
     import signal
 
+    from llmkit.io import interrupt
+
+    interrupt.install()  # first: a Ctrl-C at any moment is seen (llmkit.io.interrupt)
+    try:  # from the very next line: a signal while the libraries import ends here too
+        from llmkit.io.quiet import quiet_libraries
+
+        quiet_libraries()
+        code = app(standalone_mode=False)
+    except Exception as e:
+        signum = interrupt.received()
+        if signum is None:
+            _exit_2_on_usage_error(e)
+            _warn_untested()  # a bug, in llmkit or in a library outside the tested set
+            raise
+        # A library turned the signal's exception into its own error (pydantic-core wraps one
+        # raised inside a serializer callback as PydanticSerializationError): the signal is
+        # what happened, not the error.
+        code = interrupt.EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+    except AlreadyFinished as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(e.render(FIX_WORDING))
+        sys.exit(0)
+    except Interrupted as e:
+        if e.main and e.resumable:
+            print("continue with the same command and --resume", file=sys.stderr)
+        elif e.main and int(os.environ.get("RANK", "0")) == 0:
+            print("interrupted" if e.code == 130 else "terminated", file=sys.stderr)
+        raise
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code in (130, 143):  # typer turns Ctrl-C into exit code 130
+        print("interrupted" if code == 130 else "terminated", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_2_on_usage_error(e: Exception) -> None:
+    """One `error:` line and exit 2 for bad usage; anything else returns (a bug: re-raised)."""
     from typer import _click
 
-    from llmkit.io.quiet import quiet_libraries
-
-    quiet_libraries()
-    signal.signal(signal.SIGTERM, _terminated)  # training installs its own, graceful handler
-    try:
-        code = app(standalone_mode=False)
-    except UsageError as e:
+    if isinstance(e, UsageError):
         _warn_untested()
         print(e.render(FIX_WORDING), file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except _click.exceptions.ClickException as e:  # typer's parsing: a bad or missing option
+    if isinstance(e, _click.exceptions.ClickException):  # typer's parsing: a bad option
         ctx = getattr(e, "ctx", None)
         if ctx is not None and ctx.command.hidden and ctx.parent is not None:
             ctx = ctx.parent  # `llmkit prep --bogus` runs the hidden `prep run`
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         print(f"error: {e.format_message()}{where}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except AlreadyFinished as e:
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(e.render(FIX_WORDING))
-        sys.exit(0)
-    except Interrupted as e:
-        if e.main:
-            print("continue with the same command and --resume", file=sys.stderr)
-        raise
-    except (KeyboardInterrupt, typer.Abort):
-        code = 130
-    except Exception:  # a bug, in llmkit or in a library outside the tested set: say which
-        _warn_untested()
-        raise
-    if code == 130:  # typer turns Ctrl-C into exit code 130
-        print("interrupted", file=sys.stderr)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _warn_untested() -> None:
@@ -362,8 +391,3 @@ def _warn_untested() -> None:
 
     for line in untested_libraries():
         print(f"warning: {line}", file=sys.stderr)
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    print("terminated", file=sys.stderr)
-    sys.exit(143)

@@ -72,8 +72,10 @@ class AlreadyFinished(SystemExit):
 class Interrupted(SystemExit):
     """A long job stopped on SIGINT/SIGTERM after keeping its finished work (a checkpoint, the
     prompts done); the exit code is the shell's 128 + signal number. `main`: raised in the
-    process that reports (rank 0), so the CLI says how to continue."""
+    process that reports (rank 0), so the CLI says how to continue; `resumable`: False when
+    the signal came outside a unit of work, with nothing to continue from."""
 
-    def __init__(self, code: int, *, main: bool = True) -> None:
+    def __init__(self, code: int, *, main: bool = True, resumable: bool = True) -> None:
         super().__init__(code)
         self.main = main
+        self.resumable = resumable

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmkit.io.interrupt import EXIT_CODES
+from llmkit.io.runs import writer_locks_env
 from llmkit.train.arguments import in_distributed_run
 
 
@@ -34,7 +35,7 @@ def relaunch_if_needed(devices: int, nodes: Nodes | None = None) -> bool:
     nodes = nodes or Nodes()
     if (devices <= 1 and nodes.count <= 1) or in_distributed_run():
         return False
-    env = dict(os.environ)
+    env = dict(os.environ) | writer_locks_env()  # rank 0 writes the run this process locked
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if nodes.count == 1:

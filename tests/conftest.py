@@ -103,3 +103,22 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def wait_until_caught(proc: subprocess.Popen[Any], sig: int, timeout: float = 300) -> None:
+    """Block until `proc` has a handler for `sig` (the kernel's SigCgt mask in
+    /proc/PID/status): before it, a SIGTERM kills Python outright. A marker, not a sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            status = ""
+        caught = [line for line in status.splitlines() if line.startswith("SigCgt:")]
+        if caught and int(caught[0].split()[1], 16) >> (sig - 1) & 1:
+            return
+        assert proc.poll() is None, f"exited {proc.returncode} before handling signal {sig}"
+        assert time.monotonic() < deadline, f"no handler for signal {sig} in {timeout} s"
+        time.sleep(0.01)

@@ -162,13 +162,14 @@ def _spawn(model: Path, tmp_path: Path, *flags: str) -> Any:
         cwd=str(REPO),
         env=env,
         encoding="utf-8",
-        timeout=120,
+        timeout=600,  # every expect: generous for a busy machine (`make test-load`)
     )
     child.expect_exact("/help lists the commands")
     child.expect_exact("> ")
     return child
 
 
+@pytest.mark.signals
 def test_terminal_ctrl_c_stops_an_answer_and_the_session_goes_on(
     chat_model: Path, tmp_path: Path
 ) -> None:
@@ -177,11 +178,10 @@ def test_terminal_ctrl_c_stops_an_answer_and_the_session_goes_on(
     child.sendline("Tell me a long story")
     child.expect_exact("Tell me a long story\r\n")  # the terminal's echo
     child.expect(r"\w+ \w+")  # words are streaming
-    time.sleep(0.3)
     started = time.monotonic()
     child.sendcontrol("c")
     child.expect_exact("stopped; the partial answer is kept")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # one token, not the 4,000 asked for
     child.expect_exact("> ")
     child.sendline("/help")
     child.expect_exact("/reset")

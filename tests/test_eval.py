@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +288,7 @@ def test_eval_with_no_arguments_scores_smollm2_on_held_out_data(tmp_path: Path) 
     result = run_cli("eval", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    (folder,) = (tmp_path / "runs" / "eval").iterdir()
+    (folder,) = (p for p in (tmp_path / "runs" / "eval").iterdir() if p.is_dir())  # + .lock
     saved = read_metrics(folder)
     assert saved["system"].startswith("embedded:smollm2 (LlamaForCausalLM")
     assert 5 < saved["metrics"]["perplexity_sliding"] < saved["metrics"]["perplexity_per_document"]
@@ -295,14 +299,16 @@ def test_eval_with_no_arguments_scores_smollm2_on_held_out_data(tmp_path: Path) 
     assert len((folder / "predictions.jsonl").read_text().splitlines()) == 64
 
 
+@pytest.mark.signals
 def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
     tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
-    """As if `eval --data` was stopped after its first batches of 2 answers: --resume answers
-    the rest, and predictions and scores equal an uninterrupted run's."""
+    """`eval --data` stopped by Ctrl-C after some batches of 2 answers: --resume answers the
+    rest, and predictions and scores equal an uninterrupted run's; a resume with another
+    --max-new-tokens is refused, naming it."""
     data = write_jsonl(
         tmp_path / "d.jsonl",
-        [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(40)],
+        [{"source": f"Line {i} of", "target": f"the play {i}"} for i in range(60)],
     )
     args = ["eval", "--model", str(tiny_gpt2_dir), "--data", str(data), "--batch-size", "2",
             "--max-new-tokens", "6", "--metrics", "bleu,length"]  # fmt: skip
@@ -311,14 +317,24 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_answers(
     answers = (tmp_path / "whole" / "predictions.jsonl").read_text()
 
     again = tmp_path / "again"
-    again.mkdir()
-    (again / ".llmkit").write_text('{"kind": "eval"}')
-    header = {"llmkit_partial": 1, "batch_size": 2, "prompts": 40}
-    done = [json.loads(line) for line in answers.splitlines()[:6]]  # rows 0-5 had finished
-    partial = [header] + [{"index": r["index"], "row": r} for r in done]
-    (again / "predictions.jsonl.partial").write_text("".join(json.dumps(p) + "\n" for p in partial))
+    partial = again / "predictions.jsonl.partial"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmkit", *args, "--output-dir", "again"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (partial.exists() and partial.read_text().count("\n") > 6):
+        assert proc.poll() is None and time.monotonic() < deadline, "no answers to interrupt"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
     refused = run_cli(*args, "--output-dir", "again", cwd=tmp_path)
     assert refused.returncode == 2 and "pass --resume to continue it" in refused.stderr
+    seven = [*args[:-3], "7", *args[-2:]]  # --max-new-tokens 7
+    other = run_cli(*seven, "--output-dir", "again", "--resume", cwd=tmp_path)
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert "max_new_tokens 6 then, 7 now" in other.stderr.strip().splitlines()[-1]
     resumed = run_cli(*args, "--output-dir", "again", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (again / "predictions.jsonl").read_text() == answers

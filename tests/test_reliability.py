@@ -138,6 +138,7 @@ def test_kill_9_then_resume_equals_uninterrupted(
     assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6)
 
 
+@pytest.mark.signals
 @pytest.mark.parametrize(
     ("sig", "code"),
     [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
@@ -161,6 +162,7 @@ def test_signal_saves_a_checkpoint_exits_and_resumes_exactly(
     assert _max_diff(load_file(run / "model.safetensors"), uninterrupted) == 0.0
 
 
+@pytest.mark.signals
 def test_two_process_run_stops_together_on_sigterm(workdir: Path) -> None:
     run = workdir / "runs" / "ddp"
     proc = _start(workdir, str(run.relative_to(workdir)), "--devices", "2")

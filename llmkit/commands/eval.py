@@ -15,6 +15,7 @@ table on stdout (llmkit.evaluation.report). Status lines go to stderr.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from llmkit import assets
@@ -35,7 +36,7 @@ from llmkit.evaluation.report import (
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
-from llmkit.io.runs import METRICS_JSON
+from llmkit.io.runs import METRICS_JSON, writer_lock
 from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
 from llmkit.models.load import LoadedModel, folder_kind
@@ -52,20 +53,19 @@ def run_eval(req: EvalRequest) -> Path:
     req = with_run_validation(req)
     mode = pick_mode(req)
     names = parse_metric_names(req.metrics)
-    out_dir = prepare_output_dir(req)
-    start = time.perf_counter()
-    if mode == "preds":
-        report = eval_predictions(req, names)
-    elif mode == "generate":
-        report = eval_generation(req, names, out_dir)
-    elif mode == "text":
-        report = eval_text(req)
-    else:
-        report = eval_default_suite(req, names, out_dir)
-    if len(report.systems) == 2:
-        compare(report, req.bootstrap, req.bootstrap_seed)
-    report.settings["seconds"] = round(time.perf_counter() - start, 2)
-    save(report, out_dir)
+    with ExitStack() as held:  # the output folder's writer lock, until saved
+        out_dir = prepare_output_dir(req, held)
+        start = time.perf_counter()
+        report = (
+            eval_predictions(req, names) if mode == "preds"
+            else eval_generation(req, names, out_dir) if mode == "generate"
+            else eval_text(req) if mode == "text"
+            else eval_default_suite(req, names, out_dir)
+        )  # fmt: skip
+        if len(report.systems) == 2:
+            compare(report, req.bootstrap, req.bootstrap_seed)
+        report.settings["seconds"] = round(time.perf_counter() - start, 2)
+        save(report, out_dir)
     show(report, out_dir)
     return out_dir
 
@@ -75,8 +75,7 @@ def with_run_validation(req: EvalRequest) -> EvalRequest:
     (RUN/validation.jsonl), so the run's evaluation is reproduced, not the default suite's."""
     if req.model is None or req.preds is not None or req.data is not None or req.text:
         return req
-    scored = score.run_validation_file(Path(req.model))
-    if scored is None:
+    if (scored := score.run_validation_file(Path(req.model))) is None:
         return req
     note(f"data: {scored} (the validation examples the run scored)")
     return req.model_copy(update={"data": str(scored)})
@@ -99,8 +98,8 @@ def pick_mode(req: EvalRequest) -> str:
     return "default"
 
 
-def prepare_output_dir(req: EvalRequest) -> Path:
-    """--output-dir, else runs/eval/<--name or a timestamp>; never overwrite silently."""
+def prepare_output_dir(req: EvalRequest, held: ExitStack) -> Path:
+    """--output-dir, else runs/eval/<--name or a timestamp>, locked (`held`); never overwritten."""
     if req.resume and req.output_dir is None and req.name is None:
         raise UsageError("--resume needs the --name or --output-dir of the interrupted evaluation")
     if req.output_dir is not None:
@@ -115,6 +114,7 @@ def prepare_output_dir(req: EvalRequest) -> Path:
                 n += 1
     inputs = [req.preds, req.refs, req.preds_b, *(req.text or [])]
     check_output(out, [*inputs, Path(req.data) if req.data else None], folder=True)
+    held.enter_context(writer_lock(out))
     foreign = [p.name for p in out.iterdir() if p.name not in EVAL_FILES] if out.is_dir() else []
     if foreign and owner_kind(out) != EVAL:
         raise UsageError(

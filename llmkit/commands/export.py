@@ -13,6 +13,7 @@ from typing import Any
 from llmkit.config.requests import ExportRequest
 from llmkit.errors import UsageError
 from llmkit.io.files import read_json_object
+from llmkit.io.runs import hold_writer_lock
 from llmkit.io.write import check_output, check_replaceable, replace_folder
 
 EXPORT = "export"  # the marker kind of an export folder
@@ -29,6 +30,7 @@ def run_export(req: ExportRequest) -> Path:
     adapter = _adapter_config(run)
     out = req.output or run.with_name(f"{run.name}-merged")
     check_output(out, [run], folder=True)
+    hold_writer_lock(out)
     if out.exists() and any(out.iterdir()):
         if not req.overwrite:
             raise UsageError(

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmkit.config.finetune import FinetuneRecipe
 from llmkit.data.finetune import FinetuneData
+from llmkit.io import interrupt
 from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import eval_summary, perplexity
 
@@ -100,6 +101,7 @@ def setup(
         )
         seq2seq = is_seq2seq(recipe)
         data = build_data(recipe, tokenizer, seq2seq=seq2seq)
+    interrupt.check()  # phase boundaries: a Ctrl-C whose exception a library lost stops here
 
     set_seed(t.seed)  # LoRA's A matrices and a classification head start random
     model = load_for_finetuning(recipe, tokenizer, data.labels, seq2seq=seq2seq)
@@ -107,6 +109,7 @@ def setup(
         model = apply_lora(model, recipe)
     if isinstance(data.collator, SftCollator) and not accepts_logits_to_keep(model):
         data.collator = replace(data.collator, scored_logits_only=False)
+    interrupt.check()
     if main:
         print(describe_model(model, recipe))
         print(
@@ -164,6 +167,7 @@ def train(job: FinetuneJob) -> dict[str, Any]:
         metrics |= {f"{k}_before": v for k, v in _scores(before).items()}
         if job.main:
             print(f"before training: {eval_summary(before, show_ppl=False)}")
+    interrupt.check()
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
     metric = "eval_" + job.recipe.eval.metric_for_best_model.removeprefix("eval_")
@@ -192,6 +196,7 @@ def train(job: FinetuneJob) -> dict[str, Any]:
 
 def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     """The adapter or model (safetensors + tokenizer) at the run root, metrics.json, LATEST."""
+    interrupt.check()  # the last checkpoint is kept; the final model would be a half-save
     model, recipe, run = job.trainer.model, job.recipe, job.run
     if hasattr(model, "config"):
         model.config.use_cache = True  # off while training (see llmkit.data.collate.pack_batch)

@@ -19,6 +19,7 @@ from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.inference.stops import make_streamer
 from llmkit.io.console import note
 from llmkit.io.files import read_stdin, read_texts
+from llmkit.io.runs import hold_writer_lock
 from llmkit.io.write import check_output
 from llmkit.models.card import RAW, PromptFormat, prompt_format_for
 from llmkit.models.load import LoadedModel
@@ -35,6 +36,7 @@ def run_generate(req: GenerateRequest) -> None:
     _check_modes(req, options)
     if req.output is not None:
         check_output(req.output, [req.input, req.recipe], overwrite=req.overwrite)
+        hold_writer_lock(req.output)
         check_resumable(req.output, resume=req.resume)
     elif req.resume:
         raise UsageError("--resume continues an --input/--output job: give both")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmkit.config.pretrain import PretrainRecipe
+from llmkit.io import interrupt
 from llmkit.io.runs import RunDir
 from llmkit.train.callbacks import perplexity
 
@@ -72,6 +73,7 @@ def setup(
     with args.main_process_first(desc="data prep"):
         tokenizer = load_tokenizer_for(recipe)
         data = prepare(recipe, tokenizer, verbose=main)
+    interrupt.check()  # phase boundaries: a Ctrl-C whose exception a library lost stops here
 
     set_seed(t.seed)  # before the model is built: initial weights follow train.seed
     model = build_model(recipe, tokenizer)
@@ -88,6 +90,7 @@ def setup(
             f"{blocks * recipe.data.block_size:,} tokens/step"
         )
     datasets = pretraining_datasets(recipe, data, tokenizer)
+    interrupt.check()
     # The run folder is made once its inputs (tokenizer, data, model) have loaded: bad data
     # leaves no folder behind.
     with args.main_process_first(desc="run folder"):
@@ -131,6 +134,7 @@ def train(job: PretrainJob) -> dict[str, Any]:
         metrics |= {"eval_loss_before": before, "eval_perplexity_before": perplexity(before)}
         if job.main and not job.resume:
             print(f"validation perplexity before training: {perplexity(before):,.1f}")
+    interrupt.check()
     t0 = time.perf_counter()
     out = fit(trainer, job.run, resume=job.resume)
     end = ending(trainer, before=evaluation, weights_before=weights_before)
@@ -155,6 +159,7 @@ def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     from llmkit.train.checkpoints import save_final_model
     from llmkit.train.ending import summary
 
+    interrupt.check()  # the last checkpoint is kept; the final model would be a half-save
     run, causal = job.run, job.recipe.task == "causal_lm"
     save_final_model(job.trainer, run, generation_config=causal)
     if not job.main:

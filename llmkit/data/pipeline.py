@@ -28,6 +28,7 @@ import xxhash
 
 from llmkit.data import shards, stream
 from llmkit.data.packing import SentencePacker, sentence_rows, token_dtype
+from llmkit.io import interrupt
 from llmkit.io.console import ProgressBar
 
 # Characters per tokenizer batch and shard (~1 s on 2 cores; also the bound on how late
@@ -145,6 +146,7 @@ def _run(
                 seconds["total"] += now - t0  # saved with the shard: the time up to its commit
                 t0 = now
                 store.commit(state, [h for p in batch for h in p.hashes], i)
+                interrupt.check()  # after a whole shard: a lost Ctrl-C stops here
                 bar(sum(p.n_bytes for p in batch) // 1024, tokens=state["last_tokens"])
             if opt.task == "masked_lm":
                 _write_masked(store, [], [], [], tokenizer, state["pieces"], opt, state["carry"])

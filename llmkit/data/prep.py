@@ -149,7 +149,15 @@ def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> 
                 resumed = (work / shards.MANIFEST).exists()
                 if resumed and verbose:
                     print(f"prep: resuming the partial entry {work}")
-                meta = _build(recipe, tokenizer, folder, progress=verbose)
+                try:
+                    meta = _build(recipe, tokenizer, folder, progress=verbose)
+                except shards.Damaged as e:
+                    aside = shards.set_aside(work)
+                    print(
+                        f"warning: prep partial entry {work} is damaged ({e}); its files are "
+                        f"set aside in {aside}; preparing it again"
+                    )
+                    meta = _build(recipe, tokenizer, folder, progress=verbose)
                 write_json(work / "meta.json", meta)
                 shards.publish(work, folder)
                 if verbose:

@@ -14,11 +14,25 @@ name of the newest run that finished, for commands that default to "the latest r
 
 A run folder carries llmkit's marker (`.llmkit`, kind "run"): only a marked folder is ever
 deleted when overwriting, and llmkit never writes a run into a folder of someone else's files.
+
+One writer per output: every command that writes a run, an evaluation folder, an export or a
+resumable output holds an exclusive kernel lock (`flock`) on `.<name>.lock` beside it for its
+whole life (`hold_writer_lock`). The lock sits beside the output because the run folder is
+made only after the data and model load (bad data leaves no folder), and it is never deleted:
+unlinking a lock file lets a third process lock a new file while a second still holds the old
+one. The kernel drops the lock when the process ends however it ends (kill -9 included), so
+there is no stale lock to clear. Two `pretrain` runs into one folder once both exited 0 with
+one run's model beside the other's checkpoints and metrics.jsonl interleaving both.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +216,85 @@ class RunDir:
 
     def mark_latest(self) -> None:
         write_text(self.path.parent / LATEST_FILE, self.path.name + "\n")
+
+
+# Lock files this process holds, by path: open for the life of the process (the kernel frees
+# them when it ends). Children our own launcher starts (llmkit.launch) inherit the parent's
+# locks by name through WRITER_LOCKS_ENV, so rank 0 does not lock itself out.
+_HELD: dict[str, int] = {}
+WRITER_LOCKS_ENV = "LLMKIT_WRITER_LOCKS"
+
+
+def writer_lock_path(output: Path) -> Path:
+    output = Path(os.path.abspath(output))
+    return output.parent / f".{output.name}.lock"
+
+
+def hold_writer_lock(output: Path) -> None:
+    """Make this process the one writer of `output` (a run folder, an evaluation folder, an
+    export, a resumable file) until it exits, or raise a UsageError naming the process that
+    already is. Call it before any work; calling it again for the same output is a no-op."""
+    _acquire(output)
+
+
+@contextmanager
+def writer_lock(output: Path) -> Iterator[None]:
+    """`hold_writer_lock` for the life of a block (the Python API: a caller may run several
+    jobs in one process); a lock this process held already stays held."""
+    key = _acquire(output)
+    try:
+        yield
+    finally:
+        if key is not None:
+            fd = _HELD.pop(key)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _acquire(output: Path) -> str | None:
+    """The lock's key when newly taken; None when this process (or its launcher) holds it."""
+    lock = writer_lock_path(output)
+    key = str(lock)
+    if key in _HELD or key in os.environ.get(WRITER_LOCKS_ENV, "").split(os.pathsep):
+        return None
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        # Nothing can be written beside the output (a file where its folder should be, a
+        # read-only parent): the command's own check says so in its words ("output dir x is
+        # not writable"). Known gap: a writable run folder under a read-only parent goes
+        # unlocked.
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _lock_owner(fd)
+        os.close(fd)
+        who = f"llmkit process {pid}" if pid else "another llmkit process"
+        raise UsageError(
+            f"output {output} is being written by {who}; wait for it to finish or stop it "
+            "(one writer per output)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = fd
+    return key
+
+
+def writer_locks_env() -> dict[str, str]:
+    """The environment entry that lets this process's own workers write what it locked."""
+    return {WRITER_LOCKS_ENV: os.pathsep.join(_HELD)} if _HELD else {}
+
+
+def _lock_owner(fd: int) -> int | None:
+    """The PID the holder wrote (it writes it right after locking: retry for up to 1 s)."""
+    for _ in range(50):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.02)
+    return None
 
 
 def latest_run(runs_root: Path = Path("runs")) -> RunDir | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.io import interrupt
 from llmkit.io.files import STDIN_FIX, decode_utf8, text_bytes
 from llmkit.io.write import atomic_path
 
@@ -50,6 +51,7 @@ class LineInput:
             print(file=sys.stderr)  # the shell's next prompt starts on a line of its own
             return None
         except KeyboardInterrupt:
+            interrupt.forget()  # consumed here: clears the line or ends the session
             typed = self.readline.get_line_buffer() if self.readline is not None else ""
             print(file=sys.stderr)
             return "" if typed else None
