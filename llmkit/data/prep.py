@@ -31,7 +31,9 @@ from llmkit.errors import UsageError
 from llmkit.io.write import atomic_folder, write_json
 
 # 2: streamed shards, uint16 ids when the vocabulary fits, validation by a hash per piece.
-CACHE_VERSION = 2
+# 3: lines over 2 KB cut into pieces by size, rows counted as rows (a partial entry of 2
+#    would resume with other piece boundaries and counts).
+CACHE_VERSION = 3
 
 
 @dataclass
