@@ -23,7 +23,7 @@ import numpy as np
 
 from llmkit import assets
 from llmkit.config.pretrain import PretrainRecipe
-from llmkit.data import pipeline, shards, sources, stream
+from llmkit.data import pipeline, shards, sources, stream, words
 from llmkit.data.packing import TOKEN_DTYPE
 from llmkit.data.tokenizer import build_trained_tokenizer, check_special_tokens, fingerprint
 from llmkit.errors import UsageError
@@ -116,6 +116,8 @@ def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> 
             d.min_chars,
             d.dedupe,
             d.text_column,
+            # Only when on, so the keys of every other entry stay as they were.
+            *([words.SEGMENTER] if _chinese_words(recipe) else []),
         ]
     )
     folder = prep_cache_root() / key
@@ -159,7 +161,9 @@ def _build(
     if isinstance(d.validation, str):
         phases.append(pipeline.Phase(sources.expand_sources([d.validation]), 1.0))
         phases[0] = pipeline.Phase(phases[0].paths, 0.0)
-    opt = pipeline.Options(recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe)
+    opt = pipeline.Options(
+        recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe, _chinese_words(recipe)
+    )
     state = pipeline.build(folder, phases, tokenizer, opt, progress=progress)
     counts = state["counts"]
     if counts["n_lines_kept"] == 0:
@@ -185,6 +189,11 @@ def _build(
         "split": "validation: pieces (rows, ~1 KB of a text file) whose xxh3 hash < share",
         "seconds": {k: round(v, 3) for k, v in state["seconds"].items()},
     }
+
+
+def _chinese_words(recipe: PretrainRecipe) -> bool:
+    """Whole-word masking finds Chinese words with a segmenter (Chinese-BERT-wwm)."""
+    return recipe.task == "masked_lm" and recipe.masking.whole_word_mask
 
 
 def _report(meta: dict[str, Any], folder: Path) -> None:
