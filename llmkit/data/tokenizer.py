@@ -7,7 +7,7 @@ model family: EOS (`<|endoftext|>`, also used as BOS/PAD) for causal models;
 Every character of the training text is covered: byte-level BPE spells any character the
 merges missed in its UTF-8 bytes, and the WordPiece and unigram trainers put the whole
 alphabet in the vocabulary (Chinese text has thousands of characters: People's Daily
-1998-01 holds 4,7xx distinct ones, so a vocab_size below that grows, or for unigram is
+1998-01 holds 4,687 distinct ones, so a vocab_size below that grows, or for unigram is
 refused with the size needed).
 """
 
