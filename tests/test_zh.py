@@ -244,6 +244,22 @@ def test_chinese_word_starts_are_jieba_words(zh_wordpiece: Any, daily_lines: lis
     assert 1.4 < n_tokens / n_words < 2.0
 
 
+@settings(max_examples=150, deadline=None)
+@given(text=script_text(list(SCRIPTS)))
+def test_word_starts_in_every_script(many_scripts_wordpiece: Any, text: str) -> None:
+    """Chinese lines get jieba's words; any other line (kana, Hangul, Thai, Latin, ...) keeps
+    the pre-tokenizer's words, as before."""
+    e = many_scripts_wordpiece.backend_tokenizer.encode(text, add_special_tokens=False)
+    flags = words.word_start_flags(text, e.offsets, e.word_ids, segment_chinese=True)
+    plain = words.word_start_flags(text, e.offsets, e.word_ids, segment_chinese=False)
+    assert len(flags) == len(e.ids) and flags[:1] == [1]
+    if words.is_chinese(text):
+        starts = {a for a, _ in words.chinese_words(text)}
+        assert flags == [int(i == 0 or a in starts) for i, (a, _) in enumerate(e.offsets)]
+    else:
+        assert flags == plain
+
+
 def test_whole_word_masking_masks_whole_jieba_words(
     zh_wordpiece: Any, daily_lines: list[str]
 ) -> None:
