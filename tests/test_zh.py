@@ -61,6 +61,10 @@ def test_reviews_are_labelled_once_and_split_apart() -> None:
     assert len({r["text"] for r in rows}) == len(rows)  # each text once, one label
     assert not {r["text"] for r in train} & {r["text"] for r in held_out}
     assert sum(bool(HAN.search(r["text"])) for r in rows) > 0.99 * len(rows)
+    # A capped evaluation (data.max_eval_examples: an even stride) sees both labels in their
+    # proportion (47% positive), not one file's worth of negatives.
+    capped = held_out[:: len(held_out) // 600][:600]
+    assert 0.40 < sum(r["label"] == "positive" for r in capped) / 600 < 0.54
 
 
 def test_chinese_chat_and_translation_pairs() -> None:
