@@ -293,7 +293,7 @@ def test_whole_word_masking_masks_whole_jieba_words(
 
 
 def test_prep_with_whole_word_mask_stores_jieba_word_starts(tmp_path: Path, zh_file: Path) -> None:
-    def prep(wwm: bool) -> tuple[np.ndarray, np.ndarray]:
+    def prep(wwm: bool) -> tuple[np.ndarray, int, str]:
         out = run_cli(
             "prep", str(REPO / "recipes/pretrain/bert-mlm-shakespeare.yaml"),
             "--set", f"data.sources=[{zh_file}]", "--set", "tokenizer.vocab_size=3000",
@@ -305,10 +305,13 @@ def test_prep_with_whole_word_mask_stores_jieba_word_starts(tmp_path: Path, zh_f
         starts = np.load(cache / "train_word_starts.npy")
         body = np.arange(starts.shape[1])[None, :] < (lengths[:, None] - 1)
         body[:, 0] = False
-        return starts[body], json.loads((cache / "meta.json").read_text())["n_tokens"]
+        return starts[body], json.loads((cache / "meta.json").read_text())["n_tokens"], out.stdout
 
-    plain, n_plain = prep(False)
-    wwm, n_wwm = prep(True)
+    plain, n_plain, first = prep(False)
+    wwm, n_wwm, _ = prep(True)
+    alphabet = {c for c in zh_file.read_text(encoding="utf-8") if not c.isspace()}
+    assert f"{len(alphabet):,} distinct characters in the text" in first
+    assert len(alphabet) == 2_928 and "is smaller than the text's alphabet" not in first
     assert n_plain == n_wwm and len(plain) == len(wwm)
     assert plain.mean() > 0.99  # BERT's pre-tokenizer: every Chinese character is a word
     assert 0.5 < wwm.mean() < 0.75  # jieba: ~1.6 characters a word

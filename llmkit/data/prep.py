@@ -25,7 +25,12 @@ from llmkit import assets
 from llmkit.config.pretrain import PretrainRecipe
 from llmkit.data import pipeline, shards, sources, stream, words
 from llmkit.data.packing import TOKEN_DTYPE
-from llmkit.data.tokenizer import build_trained_tokenizer, check_special_tokens, fingerprint
+from llmkit.data.tokenizer import (
+    Coverage,
+    build_trained_tokenizer,
+    check_special_tokens,
+    fingerprint,
+)
 from llmkit.errors import UsageError
 from llmkit.io.write import atomic_folder, write_json
 
@@ -86,17 +91,22 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
             )
             if piece.lines
         )
+        alphabet: set[str] = set()
         tok = build_trained_tokenizer(
             texts,
             kind=t.kind,
             vocab_size=t.vocab_size,
             min_frequency=t.min_frequency,
             masked=recipe.task == "masked_lm",
+            alphabet=alphabet,
         )
         atomic_folder(folder, lambda tmp: tok.save_pretrained(str(tmp)))
         print(
-            f"trained {t.kind} tokenizer ({len(tok):,} tokens) in {time.perf_counter() - t0:.1f}s"
+            f"trained {t.kind} tokenizer ({len(tok):,} tokens, {len(alphabet):,} distinct "
+            f"characters in the text) in {time.perf_counter() - t0:.1f}s"
         )
+        if t.vocab_size < len(alphabet):  # Chinese: thousands of characters
+            print(Coverage(len(alphabet), 0, "", t.vocab_size, len(tok)).lines(t.kind)[0])
     return AutoTokenizer.from_pretrained(str(folder))
 
 
