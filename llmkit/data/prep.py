@@ -26,6 +26,7 @@ from llmkit.config.pretrain import PretrainRecipe
 from llmkit.data import pipeline, shards, sources, stream, words
 from llmkit.data.packing import TOKEN_DTYPE
 from llmkit.data.tokenizer import (
+    BUILD_VERSION,
     Coverage,
     build_trained_tokenizer,
     check_special_tokens,
@@ -74,7 +75,9 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
 
     t = recipe.tokenizer
     fp = sources.fingerprint(recipe.data.sources)
-    key = _hash(["tokenizer", fp, t.kind, t.vocab_size, t.min_frequency, recipe.task])
+    key = _hash(
+        ["tokenizer", fp, t.kind, t.vocab_size, t.min_frequency, recipe.task, BUILD_VERSION]
+    )
     folder = prep_cache_root() / "tokenizers" / key
     if not (folder / "tokenizer_config.json").exists():
         t0 = time.perf_counter()

@@ -25,6 +25,9 @@ from llmkit.errors import UsageError
 from llmkit.io.quiet import plain_output
 
 TokenizerKind = Literal["bpe", "wordpiece", "unigram"]
+# Bump when what `build_trained_tokenizer` makes changes, so a tokenizer cached by older code
+# is trained again (prep's cache key holds it). 2: WordPiece keeps accents, decodes CJK unspaced.
+BUILD_VERSION = 2
 EOS = "<|endoftext|>"
 BERT_SPECIALS = {
     "pad_token": "[PAD]",
