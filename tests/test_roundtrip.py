@@ -116,6 +116,48 @@ def test_eval_reproduces_the_runs_own_scores_with_no_hand_made_prompts(
     assert preds != chat_preds
 
 
+CHINESE_DIGITS = "一二三四五六七八九"
+
+
+def test_a_chinese_text2text_run_scores_the_same_in_training_and_in_eval(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """The round trip in Chinese (issue 22): the run's final evaluation and `llmkit eval` of
+    the run split the answers by the references' script alike (sacreBLEU `zh`, ROUGE over
+    characters), and the numbers are not the 0 that splitting on spaces gave."""
+    rows = [
+        {"source": f"数到{n % 9 + 1}", "target": CHINESE_DIGITS[: n % 9 + 1] + "。"}
+        for n in range(120)
+    ]
+    _jsonl(tmp_path / "train.jsonl", rows[:100])
+    val = _jsonl(tmp_path / "val.jsonl", rows[100:])
+    run = tmp_path / "run"
+    _finetune(
+        tiny_llama_dir,
+        run,
+        task="text2text",
+        **{
+            "data.sources": f"[{tmp_path / 'train.jsonl'}]",
+            "data.validation": str(val),
+            "data.template": "'{source}：'",
+            "lora.enabled": "false",
+            "train.max_steps": 60,
+            "train.lr": "1.0e-2",
+            "eval.max_new_tokens": 12,
+        },
+    )
+    trained = json.loads((run / "metrics.json").read_text())
+    assert trained["chrf"] > 0 and trained["rouge1"] > 0  # it learned some characters
+    out = tmp_path / "eval"
+    proc = run_cli("eval", "--model", str(run), "--data", str(val), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((out / "metrics.json").read_text())
+    for key in ("bleu", "chrf", "rouge1", "rougeL"):
+        assert round(got["metrics"][key], 3) == trained[key], key
+    assert "tok:zh" in got["signatures"]["bleu"]
+    assert got["details"]["text"]["rouge_tokenize"] == "char"
+
+
 def test_generate_applies_the_runs_template(text2text_run: Path) -> None:
     from llmkit.inference.generate import generate_answers
     from llmkit.models.load import load_generator

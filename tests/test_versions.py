@@ -66,4 +66,3 @@ def test_version_and_a_failing_command_name_a_library_past_the_tested_minor(
     first, second, *rest = failed.stderr.strip().splitlines()
     assert first.startswith("warning: peft 0.99.0 is newer than the tested 0.21")
     assert second.startswith("error: ") and not rest
-

@@ -155,6 +155,12 @@ def _generate_and_score(
     )
     if card is not None and card.max_new_tokens and req.max_new_tokens is None:
         max_new_tokens = card.max_new_tokens
+    # A run alone is scored as its training scored it; an A/B splits both systems' text alike.
+    own = card if card is not None and req.model_b is None else None
+    tokenize = (
+        req.bleu_tokenize or (own.bleu_tokenize if own else None),
+        req.rouge_tokenize or (own.rouge_tokenize if own else None),
+    )
     mark_owned(out_dir, EVAL)  # answers are written there as they come
     system = score.generate_and_score(
         label,
@@ -168,6 +174,7 @@ def _generate_and_score(
         answer_stops=card.stop if card is not None else None,
         predictions=out_dir / PREDICTIONS[label],
         resume=req.resume,
+        tokenize=tokenize,
     )
     return system, loaded
 
@@ -178,11 +185,12 @@ def _generate_and_score(
 def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
     assert req.preds is not None
     preds, refs, refs_name = _read_preds_and_refs(req, req.preds)
-    systems = [score.score_texts("A", str(req.preds), preds, refs, names)]
+    tokenize = (req.bleu_tokenize, req.rouge_tokenize)
+    systems = [score.score_texts("A", str(req.preds), preds, refs, names, tokenize)]
     if req.preds_b is not None:
         preds_b = _read_preds(req.preds_b, req)
         _check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
-        systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names))
+        systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names, tokenize))
     data = {"references": refs_name, "examples": len(refs)}
     return Report("preds", systems, data=data)
 

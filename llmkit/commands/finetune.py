@@ -131,6 +131,8 @@ def setup(
             tokenizer,
             max_new_tokens=recipe.eval.max_new_tokens,
             stop=recipe.eval.stop,
+            bleu_tokenize=recipe.eval.bleu_tokenize,
+            rouge_tokenize=recipe.eval.rouge_tokenize,
         ),
         compute_metrics=classification_scores if recipe.task == "classification" else None,
         show_ppl=recipe.task != "classification",

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from llmkit.config.base import Section
 from llmkit.config.decoding import MAX_NEW_TOKENS
 from llmkit.config.recipe import RecipeBase, RunName, TrainConfig, ValidationSplit
+from llmkit.evaluation.text import BleuTokenize, RougeTokenize
 
 FinetuneTask = Literal["sft", "classification", "text2text"]
 DataFormat = Literal["text", "prompt_completion", "alpaca", "chat"]
@@ -164,6 +165,17 @@ class EvalSection(Section):
     )
     max_new_tokens: int = Field(
         64, ge=1, le=MAX_NEW_TOKENS, description="text2text: most tokens per answer."
+    )
+    bleu_tokenize: BleuTokenize | None = Field(
+        None,
+        description="text2text: sacreBLEU's tokenizer for BLEU (default: by the references' "
+        "script: 13a, zh for Chinese, ja-mecab, ko-mecab, char for Thai). `llmkit eval` of the "
+        "run uses the same.",
+    )
+    rouge_tokenize: RougeTokenize | None = Field(
+        None,
+        description="text2text: ROUGE's units: porter (rouge-score's default, English), words, "
+        "char (CJK characters), jieba (Chinese words) (default: by the references' script).",
     )
     stop: list[str] = Field(
         default_factory=lambda: ["\n"],

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from llmkit.config.base import Request
 from llmkit.config.decoding import MAX_NEW_TOKENS, checked_template
 from llmkit.config.recipe import MAX_SEED, RunName
+from llmkit.evaluation.text import BleuTokenize, RougeTokenize
 from llmkit.flags import ARGUMENT, Flag, flag
 
 # One default for every --batch-size (generate, eval, embed; generate's used to be 8):
@@ -220,6 +221,16 @@ class EvalRequest(Request):
         None,
         description="Comma-separated: bleu,chrf,rouge,em,f1,accuracy,distinct,self_bleu,length "
         "(default: all but accuracy).",
+    )
+    bleu_tokenize: BleuTokenize | None = Field(
+        None,
+        description="sacreBLEU tokenizer for BLEU and self-BLEU (default: by the references' "
+        "script: 13a; zh for Chinese, ja-mecab, ko-mecab, char for Thai; a run's own).",
+    )
+    rouge_tokenize: RougeTokenize | None = Field(
+        None,
+        description="ROUGE units: porter (rouge-score's English default), words, char (CJK "
+        "characters), jieba (Chinese words) (default: by the references' script).",
     )
     pred_field: str | None = Field(
         None, description="JSONL field of predictions (default: prediction)."

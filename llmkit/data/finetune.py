@@ -88,6 +88,8 @@ def task_card(recipe: FinetuneRecipe, labels: list[str] | None, *, seq2seq: bool
             PromptFormat(template=d.template),
             max_new_tokens=recipe.eval.max_new_tokens,
             stop=list(recipe.eval.stop) or None,
+            bleu_tokenize=recipe.eval.bleu_tokenize,
+            rouge_tokenize=recipe.eval.rouge_tokenize,
         )
     if d.format == "chat":
         return TaskCard("sft", "causal", PromptFormat(chat=True, system=d.system))

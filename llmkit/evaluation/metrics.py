@@ -4,34 +4,40 @@ Units, so numbers can be compared with papers and other tools:
   - BLEU, chrF, self-BLEU: sacreBLEU scores, 0-100, each with its signature string.
   - ROUGE-1/2/L/Lsum: rouge-score F-measure x 100, averaged over pairs (mean of per-pair
     scores, as Hugging Face `evaluate` does, not a corpus-level pooled score).
-  - exact match, token F1: SQuAD v2.0 official script semantics, 0-100.
+  - exact match, token F1: SQuAD v2.0 official script semantics, 0-100 (over characters for
+    Chinese, Japanese, Korean and Thai, as CMRC 2018 and DRCD score them).
   - accuracy: exact string match after stripping surrounding whitespace, 0-100.
   - distinct-n: unique n-grams / all n-grams over all outputs (Li et al. 2016), 0-1.
-  - length: mean whitespace tokens per output.
+  - length: mean units per output (words, or characters for CJK).
+
+How text is split into words (BLEU's sacreBLEU tokenizer, ROUGE's tokenizer, the units of
+F1, distinct-n and length) depends on the script and is decided once per corpus from the
+references: llmkit.evaluation.text (`TextScheme`). Every function takes a scheme, or
+detects one from the references (predictions, for the metrics without references).
 
 Each corpus value also keeps what it is computed from, example by example (`ExampleStats`),
 so an A/B comparison can resample examples without scoring text again
 (llmkit.evaluation.significance).
 
 `METRICS` maps the metric names `llmkit eval` accepts to functions of (predictions,
-references); perplexity needs a model (llmkit.evaluation.perplexity).
+references, scheme); perplexity needs a model (llmkit.evaluation.perplexity).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import multiprocessing
-import os
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmkit.errors import UsageError
+from llmkit.evaluation.pairs import check_pairs, resolve_scheme
+from llmkit.evaluation.rouge import ROUGE_TYPES, rouge, rouge_rows, rouge_signature
 from llmkit.evaluation.significance import ExampleStats, mean_stats, sacrebleu_stats
+from llmkit.evaluation.text import TextScheme, char_units
 
 # --- generation metrics --------------------------------------------------------------------
 
@@ -44,20 +50,13 @@ class CorpusScore:
     signature: str
 
 
-def _check_pairs(preds: Sequence[str], refs: Sequence[str]) -> None:
-    if len(preds) != len(refs):
-        raise UsageError(f"{len(preds)} predictions but {len(refs)} references")
-    if not preds:
-        raise UsageError("no predictions to score")
-
-
 def _sacrebleu_corpus(
     metric: Any, preds: Sequence[str], refs: Sequence[str]
 ) -> tuple[CorpusScore, ExampleStats]:
     """sacreBLEU's `corpus_score` in its own two steps, keeping the per-sentence sufficient
     statistics in between (BLEU: hypothesis and reference lengths, matches and totals of
     1-4-grams; chrF: hypothesis, reference and match counts per n-gram order)."""
-    _check_pairs(preds, refs)
+    check_pairs(preds, refs)
     hyps, streams = list(preds), [list(refs)]
     metric._check_corpus_score_args(hyps, streams)
     stats = metric._extract_corpus_statistics(hyps, streams)
@@ -65,112 +64,27 @@ def _sacrebleu_corpus(
     return CorpusScore(score, str(metric.get_signature())), sacrebleu_stats(metric, stats)
 
 
-def bleu(preds: Sequence[str], refs: Sequence[str]) -> CorpusScore:
-    """Corpus BLEU with sacreBLEU's defaults (13a tokenizer, exp smoothing, one reference)."""
+def bleu_metric(scheme: TextScheme, *, effective_order: bool = False) -> Any:
+    """sacreBLEU's BLEU with the scheme's tokenizer (its signature names it: `tok:zh`)."""
     from sacrebleu.metrics import BLEU
 
-    return _sacrebleu_corpus(BLEU(), preds, refs)[0]
+    return BLEU(tokenize=scheme.bleu, effective_order=effective_order)
+
+
+def bleu(
+    preds: Sequence[str], refs: Sequence[str], scheme: TextScheme | None = None
+) -> CorpusScore:
+    """Corpus BLEU with sacreBLEU's defaults (exp smoothing, one reference) and the tokenizer
+    of the references' script (13a for English, zh for Chinese...)."""
+    return _sacrebleu_corpus(bleu_metric(resolve_scheme(scheme, refs)), preds, refs)[0]
 
 
 def chrf(preds: Sequence[str], refs: Sequence[str]) -> CorpusScore:
-    """Corpus chrF (character 6-grams, beta 2) with sacreBLEU's defaults."""
+    """Corpus chrF (character 6-grams, beta 2) with sacreBLEU's defaults: characters need no
+    tokenizer, in any script."""
     from sacrebleu.metrics import CHRF
 
     return _sacrebleu_corpus(CHRF(), preds, refs)[0]
-
-
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-# Measured on 2 cores, 10,000 pairs of ~20 words: 9.6 s plain rouge-score, 4.2 s with the
-# stem cache below, ~2.5 s with 2 processes on top. A pool costs ~0.1 s to start, so small
-# inputs stay in this process.
-_ROUGE_PARALLEL_MIN_PAIRS = 2000
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def split_sentences(text: str) -> str:
-    """One sentence per line, as ROUGE-Lsum expects (rouge-score splits Lsum on newlines only).
-
-    A sentence ends at . ! or ? followed by whitespace; existing line breaks are kept. This is
-    a simple rule (nltk's punkt would need a download); it only affects ROUGE-Lsum.
-    """
-    lines = (s for line in text.splitlines() for s in _SENTENCE_END.split(line.strip()))
-    return "\n".join(s for s in lines if s)
-
-
-@functools.cache
-def _rouge_scorer() -> Any:
-    """rouge-score with use_stemmer=True, its Porter stemmer memoized.
-
-    Stemming is ~55% of rouge-score's time and a word always stems the same way, so caching
-    `stem` gives identical tokens (and scores) in half the time.
-    """
-    from nltk.stem import porter
-    from rouge_score import rouge_scorer, tokenize, tokenizers
-
-    class _CachedStemmer:
-        def __init__(self) -> None:
-            self.stem = functools.lru_cache(maxsize=2**18)(porter.PorterStemmer().stem)
-
-    class _StemCacheTokenizer(tokenizers.Tokenizer):
-        """rouge-score's DefaultTokenizer(use_stemmer=True), with a memoized stemmer."""
-
-        def __init__(self) -> None:
-            self._stemmer = _CachedStemmer()
-
-        def tokenize(self, text: str) -> list[str]:
-            return list(tokenize.tokenize(text, self._stemmer))
-
-    return rouge_scorer.RougeScorer(
-        list(ROUGE_TYPES), use_stemmer=True, tokenizer=_StemCacheTokenizer()
-    )
-
-
-def _rouge_rows(pairs: Sequence[tuple[str, str]]) -> list[tuple[float, ...]]:
-    """Per-pair F-measures (one per ROUGE type) for (prediction, reference) pairs."""
-    scorer = _rouge_scorer()
-    rows = []
-    for pred, ref in pairs:
-        scores = scorer.score(split_sentences(ref), split_sentences(pred))
-        rows.append(tuple(scores[t].fmeasure for t in ROUGE_TYPES))
-    return rows
-
-
-def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    size = math.ceil(len(items) / n)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def rouge_rows(
-    preds: Sequence[str], refs: Sequence[str], *, workers: int | None = None
-) -> list[tuple[float, ...]]:
-    """Per-pair ROUGE-1/2/L/Lsum F-measures (0-1), in order.
-
-    Large inputs are split over `workers` processes (default: all cores, from 2,000 pairs);
-    rows come back in order, so the result does not depend on it.
-    """
-    _check_pairs(preds, refs)
-    pairs = list(zip(preds, refs, strict=True))
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(pairs) >= _ROUGE_PARALLEL_MIN_PAIRS else 1
-    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-        # fork: workers inherit the imported scorer instead of re-importing nltk (~0.5 s each).
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            rows = [r for part in pool.map(_rouge_rows, _chunks(pairs, workers)) for r in part]
-    else:
-        rows = _rouge_rows(pairs)
-    return rows
-
-
-def rouge(
-    preds: Sequence[str], refs: Sequence[str], *, workers: int | None = None
-) -> dict[str, float]:
-    """ROUGE-1/2/L/Lsum F-measure x 100, the mean of per-pair scores (rouge-score, stemmed)."""
-    rows = rouge_rows(preds, refs, workers=workers)
-    return {
-        name: 100 * math.fsum(row[i] for row in rows) / len(rows)
-        for i, name in enumerate(ROUGE_TYPES)
-    }
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -183,9 +97,17 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def _pair_f1(pred: str, ref: str) -> float:
-    pred_tokens = normalize_answer(pred).split()
-    ref_tokens = normalize_answer(ref).split()
+def answer_units(text: str, scheme: TextScheme) -> list[str]:
+    """The units EM and F1 compare: SQuAD's normalized words, or for CJK and Thai, CMRC
+    2018's characters (each CJK character, each other word; punctuation dropped)."""
+    if scheme.units == "char":
+        return char_units(text)
+    return normalize_answer(text).split()
+
+
+def _pair_f1(pred: str, ref: str, scheme: TextScheme) -> float:
+    pred_tokens = answer_units(pred, scheme)
+    ref_tokens = answer_units(ref, scheme)
     if not pred_tokens or not ref_tokens:
         # SQuAD v2.0: an empty answer scores 1 only against an empty reference.
         return float(pred_tokens == ref_tokens)
@@ -203,26 +125,37 @@ def _mean(values: Sequence[float]) -> float:
 def _pair_values(
     fn: Callable[[str, str], float], preds: Sequence[str], refs: Sequence[str]
 ) -> list[float]:
-    _check_pairs(preds, refs)
+    check_pairs(preds, refs)
     return [float(fn(p, r)) for p, r in zip(preds, refs, strict=True)]
 
 
-def _pair_em(pred: str, ref: str) -> float:
-    return float(normalize_answer(pred) == normalize_answer(ref))
+def _pair_em(pred: str, ref: str, scheme: TextScheme) -> float:
+    return float(answer_units(pred, scheme) == answer_units(ref, scheme))
 
 
 def _pair_accuracy(pred: str, ref: str) -> float:
     return float(pred.strip() == ref.strip())
 
 
-def exact_match(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Percentage of predictions equal to their reference after SQuAD normalization."""
-    return 100 * _mean(_pair_values(_pair_em, preds, refs))
+def _em_values(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme) -> list[float]:
+    return _pair_values(lambda p, r: _pair_em(p, r, scheme), preds, refs)
 
 
-def token_f1(preds: Sequence[str], refs: Sequence[str]) -> float:
-    """Mean SQuAD token-overlap F1 x 100 (bag of normalized words per pair)."""
-    return 100 * _mean(_pair_values(_pair_f1, preds, refs))
+def _f1_values(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme) -> list[float]:
+    return _pair_values(lambda p, r: _pair_f1(p, r, scheme), preds, refs)
+
+
+def exact_match(
+    preds: Sequence[str], refs: Sequence[str], scheme: TextScheme | None = None
+) -> float:
+    """Percentage of predictions equal to their reference after SQuAD normalization (CJK:
+    the same characters, punctuation and spaces aside)."""
+    return 100 * _mean(_em_values(preds, refs, resolve_scheme(scheme, refs)))
+
+
+def token_f1(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme | None = None) -> float:
+    """Mean token-overlap F1 x 100 (SQuAD's normalized words; CJK: characters)."""
+    return 100 * _mean(_f1_values(preds, refs, resolve_scheme(scheme, refs)))
 
 
 def accuracy(preds: Sequence[str], refs: Sequence[str]) -> float:
@@ -230,12 +163,18 @@ def accuracy(preds: Sequence[str], refs: Sequence[str]) -> float:
     return 100 * _mean(_pair_values(_pair_accuracy, preds, refs))
 
 
-def distinct_n(preds: Sequence[str], n: int) -> float:
-    """Unique n-grams / all n-grams over every output (whitespace tokens); 0 when none."""
+def output_units(text: str, scheme: TextScheme) -> list[str]:
+    """The units of an output for distinct-n and length: whitespace words, or characters."""
+    return char_units(text) if scheme.units == "char" else text.split()
+
+
+def distinct_n(preds: Sequence[str], n: int, scheme: TextScheme | None = None) -> float:
+    """Unique n-grams / all n-grams over every output (words; CJK: characters); 0 when none."""
+    scheme = resolve_scheme(scheme, preds)
     grams: Counter[tuple[str, ...]] = Counter()
     for text in preds:
-        words = text.split()
-        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        units = output_units(text, scheme)
+        grams.update(tuple(units[i : i + n]) for i in range(len(units) - n + 1))
     total = sum(grams.values())
     return len(grams) / total if total else 0.0
 
@@ -245,15 +184,18 @@ def distinct_n(preds: Sequence[str], n: int) -> float:
 SELF_BLEU_MAX_OUTPUTS = 500
 
 
-def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS) -> CorpusScore:
+def self_bleu(
+    preds: Sequence[str],
+    scheme: TextScheme | None = None,
+    *,
+    max_outputs: int = SELF_BLEU_MAX_OUTPUTS,
+) -> CorpusScore:
     """Mean sentence BLEU of each output against all the others (Zhu et al. 2018, Texygen).
 
     Higher means less diverse. Uses the first `max_outputs` outputs; 0 for fewer than two.
     """
-    from sacrebleu.metrics import BLEU
-
     sample = list(preds[:max_outputs])
-    metric = BLEU(effective_order=True)
+    metric = bleu_metric(resolve_scheme(scheme, sample), effective_order=True)
     if len(sample) < 2:  # nothing to compare against (and sacrebleu has no signature yet)
         return CorpusScore(0.0, "n/a: fewer than two outputs")
     scores = [
@@ -263,13 +205,13 @@ def self_bleu(preds: Sequence[str], *, max_outputs: int = SELF_BLEU_MAX_OUTPUTS)
     return CorpusScore(math.fsum(scores) / len(scores), str(metric.get_signature()))
 
 
-def _lengths(preds: Sequence[str]) -> list[float]:
-    return [float(len(p.split())) for p in preds]
+def _lengths(preds: Sequence[str], scheme: TextScheme) -> list[float]:
+    return [float(len(output_units(p, scheme))) for p in preds]
 
 
-def avg_length(preds: Sequence[str]) -> float:
-    """Mean number of whitespace-separated tokens per output."""
-    return _mean(_lengths(preds))
+def avg_length(preds: Sequence[str], scheme: TextScheme | None = None) -> float:
+    """Mean units per output: whitespace words, or characters for CJK and Thai."""
+    return _mean(_lengths(preds, resolve_scheme(scheme, preds)))
 
 
 # --- fine-tuning evaluation ----------------------------------------------------------------
@@ -287,10 +229,15 @@ def classification_scores(pred: Any) -> dict[str, float]:
     return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
-def generation_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
-    """BLEU and chrF (sacreBLEU, 0-100) and ROUGE F-measures (x100), each on the whole set."""
-    scores = {"bleu": bleu(preds, refs).score, "chrf": chrf(preds, refs).score}
-    rouge_scores = rouge(preds, refs)
+def generation_scores(
+    preds: list[str], refs: list[str], scheme: TextScheme | None = None
+) -> dict[str, float]:
+    """BLEU and chrF (sacreBLEU, 0-100) and ROUGE F-measures (x100), each on the whole set:
+    what a text-to-text fine-tune reports at each evaluation, computed as `llmkit eval`
+    computes them (the same scheme for the same references)."""
+    scheme = resolve_scheme(scheme, refs)
+    scores = {"bleu": bleu(preds, refs, scheme).score, "chrf": chrf(preds, refs).score}
+    rouge_scores = rouge(preds, refs, scheme)
     scores |= {k: float(rouge_scores[k]) for k in ("rouge1", "rouge2", "rougeL")}
     return scores
 
@@ -307,52 +254,66 @@ class MetricResult:
     examples: dict[str, ExampleStats] = field(default_factory=dict)  # per value, if it has them
 
 
-def _bleu_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
-    from sacrebleu.metrics import BLEU
-
-    s, stats = _sacrebleu_corpus(BLEU(), preds, refs)
+def _bleu_metric(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme) -> MetricResult:
+    s, stats = _sacrebleu_corpus(bleu_metric(scheme), preds, refs)
     return MetricResult({"bleu": s.score}, s.signature, {"bleu": stats})
 
 
-def _chrf_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
+def _chrf_metric(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme) -> MetricResult:
     from sacrebleu.metrics import CHRF
 
     s, stats = _sacrebleu_corpus(CHRF(), preds, refs)
     return MetricResult({"chrf": s.score}, s.signature, {"chrf": stats})
 
 
-def _rouge_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
-    rows = rouge_rows(preds, refs)
+def _rouge_metric(preds: Sequence[str], refs: Sequence[str], scheme: TextScheme) -> MetricResult:
+    rows = rouge_rows(preds, refs, scheme)
     columns = {name: [row[i] for row in rows] for i, name in enumerate(ROUGE_TYPES)}
     return MetricResult(
         {name: 100 * _mean(col) for name, col in columns.items()},
+        rouge_signature(scheme),
         examples={name: mean_stats(col, 100.0) for name, col in columns.items()},
     )
 
 
-def _mean_metric(key: str, values: list[float], scale: float = 100.0) -> MetricResult:
-    return MetricResult({key: scale * _mean(values)}, examples={key: mean_stats(values, scale)})
+def _mean_metric(
+    key: str, values: list[float], scale: float = 100.0, signature: str | None = None
+) -> MetricResult:
+    return MetricResult(
+        {key: scale * _mean(values)}, signature, examples={key: mean_stats(values, scale)}
+    )
 
 
-def _self_bleu_metric(preds: Sequence[str], refs: Sequence[str]) -> MetricResult:
-    s = self_bleu(preds)
+def _self_bleu_metric(
+    preds: Sequence[str], refs: Sequence[str], scheme: TextScheme
+) -> MetricResult:
+    s = self_bleu(preds, scheme)
     return MetricResult({"self_bleu": s.score}, s.signature)
 
 
-MetricFn = Callable[[Sequence[str], Sequence[str]], MetricResult]
+def _units_signature(scheme: TextScheme) -> str:
+    return "tok:char (CMRC 2018)" if scheme.units == "char" else "tok:squad-words"
+
+
+MetricFn = Callable[[Sequence[str], Sequence[str], TextScheme], MetricResult]
 
 METRICS: dict[str, MetricFn] = {
     "bleu": _bleu_metric,
     "chrf": _chrf_metric,
     "rouge": _rouge_metric,
-    "em": lambda p, r: _mean_metric("exact_match", _pair_values(_pair_em, p, r)),
-    "f1": lambda p, r: _mean_metric("f1", _pair_values(_pair_f1, p, r)),
-    "accuracy": lambda p, r: _mean_metric("accuracy", _pair_values(_pair_accuracy, p, r)),
-    "distinct": lambda p, r: MetricResult(
-        {"distinct_1": distinct_n(p, 1), "distinct_2": distinct_n(p, 2)}
+    "em": lambda p, r, s: _mean_metric(
+        "exact_match", _em_values(p, r, s), signature=_units_signature(s)
+    ),
+    "f1": lambda p, r, s: _mean_metric("f1", _f1_values(p, r, s), signature=_units_signature(s)),
+    "accuracy": lambda p, r, s: _mean_metric("accuracy", _pair_values(_pair_accuracy, p, r)),
+    "distinct": lambda p, r, s: MetricResult(
+        {"distinct_1": distinct_n(p, 1, s), "distinct_2": distinct_n(p, 2, s)},
+        _units_signature(s),
     ),
     "self_bleu": _self_bleu_metric,
-    "length": lambda p, r: _mean_metric("avg_length", _lengths(p), scale=1.0),
+    "length": lambda p, r, s: _mean_metric(
+        "avg_length", _lengths(p, s), scale=1.0, signature=_units_signature(s)
+    ),
 }
 # accuracy is opt-in: on free text it is a stricter exact match that reads as 0.
 DEFAULT_METRICS = ("bleu", "chrf", "rouge", "em", "f1", "distinct", "self_bleu", "length")
@@ -371,8 +332,12 @@ def parse_metric_names(spec: str | None) -> list[str]:
 
 
 def score_texts(
-    preds: Sequence[str], refs: Sequence[str], names: Sequence[str]
+    preds: Sequence[str],
+    refs: Sequence[str],
+    names: Sequence[str],
+    scheme: TextScheme | None = None,
 ) -> dict[str, MetricResult]:
-    """Run the named metrics on the same (predictions, references)."""
-    _check_pairs(preds, refs)
-    return {name: METRICS[name](preds, refs) for name in names}
+    """Run the named metrics on the same (predictions, references), split by one scheme."""
+    check_pairs(preds, refs)
+    scheme = resolve_scheme(scheme, refs)
+    return {name: METRICS[name](preds, refs, scheme) for name in names}

@@ -39,7 +39,7 @@ DISPLAY = {
     "distinct_1": "distinct-1",
     "distinct_2": "distinct-2",
     "self_bleu": "self-BLEU",
-    "avg_length": "avg length (words)",
+    "avg_length": "avg length",
     "perplexity_sliding": "perplexity (sliding)",
     "perplexity_per_document": "perplexity (per document)",
 }
@@ -90,9 +90,9 @@ def differences(report: Report) -> dict[str, float]:
 
 UNITS = {
     "bleu/chrf/rouge*/exact_match/f1/accuracy/self_bleu": "0-100 (sacreBLEU convention)",
-    "rouge*": "mean of per-pair rouge-score F-measures (use_stemmer=True), x 100",
+    "rouge*": "mean of per-pair rouge-score F-measures, x 100 (tokenizer: signatures.rouge)",
     "distinct_1/distinct_2": "unique n-grams / all n-grams over all outputs, 0-1",
-    "avg_length": "whitespace tokens per output",
+    "avg_length": "units per output: words, or characters for CJK/Thai (details.text.units)",
     "perplexity_*": "exp(mean NLL per scored token, nats); lower is better",
 }
 
@@ -236,8 +236,14 @@ def show(report: Report, out_dir: Path) -> None:
                 f"{METRICS_JSON})",
                 highlight=False,
             )
-    if "bleu" in report.systems[0].signatures:
-        console.print(f"BLEU signature: {report.systems[0].signatures['bleu']}", highlight=False)
+    signatures = report.systems[0].signatures
+    if "bleu" in signatures:
+        console.print(f"BLEU signature: {signatures['bleu']}", highlight=False)
+    if "rouge" in signatures:
+        console.print(f"ROUGE: {signatures['rouge']}", highlight=False)
+    text = report.systems[0].details.get("text")
+    if text is not None and any(k in signatures for k in ("em", "f1", "distinct", "length")):
+        console.print(f"EM/F1, distinct-n, length over {text['units']}", highlight=False)
     console.print(f"wrote {out_dir / METRICS_JSON}", highlight=False)
 
 

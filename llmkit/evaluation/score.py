@@ -15,7 +15,9 @@ from llmkit import assets
 from llmkit.config.decoding import DecodingConfig
 from llmkit.errors import UsageError
 from llmkit.evaluation import metrics, perplexity
+from llmkit.evaluation.pairs import check_pairs
 from llmkit.evaluation.report import SystemScores
+from llmkit.evaluation.text import scheme_for
 from llmkit.io.runs import RunDir, latest_run
 from llmkit.models.card import PromptFormat, model_kind
 from llmkit.models.load import DEFAULT_CAUSAL_LM, LoadedModel
@@ -28,21 +30,33 @@ SUITE_QUESTIONS = 64
 SUITE_NEW_TOKENS = 32
 SUITE_MAX_LENGTH = 512
 HELD_OUT_CHARS = 3500  # the end of The Winter's Tale: ~1,000 SmolLM2 tokens
-RUN_VALIDATION_TOKENS = 4096  # cap on a run's validation blocks in the default suite
+RUN_VALIDATION_TOKENS = 4096
+# BLEU's and ROUGE's tokenizers when given (None: by the references' script).
+Tokenize = tuple[str | None, str | None]  # cap on a run's validation blocks in the default suite
 # Windows longer than this cost more than they tell on CPU (SmolLM2 allows 8,192).
 MAX_DEFAULT_WINDOW = 1024
 
 
 def score_texts(
-    label: str, source: str, preds: list[str], refs: list[str], names: list[str]
+    label: str,
+    source: str,
+    preds: list[str],
+    refs: list[str],
+    names: list[str],
+    tokenize: Tokenize = (None, None),
 ) -> SystemScores:
     """The named metrics (llmkit.evaluation.metrics.METRICS) of predictions against
-    references, with each metric's signature and the seconds it took."""
+    references, with each metric's signature and the seconds it took. Text is split by the
+    references' script (llmkit.evaluation.text) unless `tokenize` names BLEU's and ROUGE's
+    tokenizers; the choice is in the details."""
+    check_pairs(preds, refs)
+    scheme = scheme_for(refs, bleu=tokenize[0], rouge=tokenize[1])
     system = SystemScores(label, source)
+    system.details["text"] = scheme.describe()
     timings: dict[str, float] = {}
     for name in names:
         start = time.perf_counter()
-        result = metrics.METRICS[name](preds, refs)
+        result = metrics.METRICS[name](preds, refs, scheme)
         timings[name] = round(time.perf_counter() - start, 3)
         system.values.update(result.values)
         system.examples.update(result.examples)
@@ -65,6 +79,7 @@ def generate_and_score(
     answer_stops: list[str] | None,
     predictions: Path,
     resume: bool = False,
+    tokenize: Tokenize = (None, None),
 ) -> SystemScores:
     """Greedy answers to `sources`, rendered by `prompt_format` (the run's own, unless the
     user said otherwise), scored against `targets`. The answers are written to `predictions`
@@ -92,7 +107,7 @@ def generate_and_score(
         answer_stops=answer_stops,
     )
     preds = [str(r["prediction"]) for r in rows]
-    system = score_texts(label, loaded.description, preds, targets, names)
+    system = score_texts(label, loaded.description, preds, targets, names, tokenize)
     system.details.update(
         prompt_format=prompt_format.describe(),
         generation_seconds=round(seconds, 2),
@@ -125,7 +140,7 @@ def classify_and_score(
     report = class_report(guess, gold)
     # Accuracy through eval's own metric (an exact match of label names), so A/B comparisons
     # get its paired bootstrap; macro-F1 is not a mean over examples and is not resampled.
-    accuracy = metrics.METRICS["accuracy"](guess, gold)
+    accuracy = metrics.METRICS["accuracy"](guess, gold, scheme_for(gold))
     system = SystemScores(label, clf.description, examples=dict(accuracy.examples))
     system.values = {**accuracy.values, "macro_f1": 100 * report["macro_f1"]}
     system.details.update(per_class=report["per_class"], classify_seconds=round(seconds, 2))

@@ -80,7 +80,7 @@ def servable(loaded: LoadedModel) -> tuple[Any, Any]:
     return model, loaded.tokenizer
 
 
-class RunLoader(ModelLoader):  # type: ignore[misc]  # transformers' serving is untyped
+class RunLoader(ModelLoader):
     """How the engine's process loads the served model: with llmkit's loader, the generation
     config set as `llmkit generate` would. Pickled into that process (spawn), so it carries
     only the reference and the options, not the tokenizer or the config."""
@@ -163,7 +163,7 @@ def build_app(
         raise UsageError(f"{name} is not a text-only causal LM: llmkit serve cannot serve it")
     state = GenerationState(continuous_batching=batching, cb_config=_cache_config(cache_tokens))
 
-    class Engine(EngineClient):  # type: ignore[misc]
+    class Engine(EngineClient):
         """The served model's client: requests that batching would decode wrongly go to
         `generate_alone` in the same process."""
 
@@ -184,7 +184,7 @@ def build_app(
             call = ("submit", (generate_alone, (dict(inputs), kwargs)), response_parser)
             return self._send_streaming_request(*call)
 
-    class Pinned(ModelManager):  # type: ignore[misc]
+    class Pinned(ModelManager):
         """The one model llmkit loaded, its process started now and never stopped when idle."""
 
         def preload_engine(self, force_model: str, engine_connection: Any) -> None:
@@ -201,10 +201,10 @@ def build_app(
 
     manager = Pinned(loader, state, model_timeout=-1, force_model=name)
 
-    class Chat(_StopCutting, ChatCompletionHandler):  # type: ignore[misc]
+    class Chat(_StopCutting, ChatCompletionHandler):
         text_of = staticmethod(_chat_text)
 
-    class Completion(_StopCutting, CompletionHandler):  # type: ignore[misc]
+    class Completion(_StopCutting, CompletionHandler):
         text_of = staticmethod(_completion_text)
 
     chat, completion = Chat(manager, state), Completion(manager, state)

@@ -96,10 +96,15 @@ class TaskCard:
     max_new_tokens: int | None = None  # the answer length the run was evaluated with
     stop: list[str] | None = None  # answers end at these once begun (text2text)
     labels: list[str] | None = None  # classifiers: class names in id order
+    # text2text: how its evaluation split text (None: by the references' script), so
+    # `llmkit eval` scores the run as its training did (llmkit.evaluation.text)
+    bleu_tokenize: str | None = None
+    rouge_tokenize: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["answer"] = {"max_new_tokens": out.pop("max_new_tokens"), "stop": out.pop("stop")}
+        out["scoring"] = {k: out.pop(k) for k in ("bleu_tokenize", "rouge_tokenize")}
         return out
 
     @classmethod
@@ -112,6 +117,8 @@ class TaskCard:
             max_new_tokens=answer.get("max_new_tokens"),
             stop=answer.get("stop"),
             labels=data.get("labels"),
+            bleu_tokenize=(data.get("scoring") or {}).get("bleu_tokenize"),
+            rouge_tokenize=(data.get("scoring") or {}).get("rouge_tokenize"),
         )
 
 

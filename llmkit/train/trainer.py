@@ -160,15 +160,20 @@ def generation_eval_trainer(
     *,
     max_new_tokens: int,
     stop: list[str] | None = None,
+    bleu_tokenize: str | None = None,
+    rouge_tokenize: str | None = None,
 ) -> type[Trainer]:
     """Trainer, or with (prompt, reference) `pairs` a Trainer whose every evaluation also
-    generates answers and scores them (text2text fine-tuning)."""
+    generates answers and scores them (text2text fine-tuning), text split as `llmkit eval`
+    splits the same references (llmkit.evaluation.text)."""
     from llmkit.evaluation.metrics import generation_scores
+    from llmkit.evaluation.text import scheme_for
     from llmkit.inference.generate import generate_answers
 
     if pairs is None:
         return Trainer
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
+    scheme = scheme_for(references, bleu=bleu_tokenize, rouge=rouge_tokenize)
 
     class GenerationEvalTrainer(Trainer):
         """Adds BLEU/chrF/ROUGE of greedy generations on validation prompts to every
@@ -182,7 +187,7 @@ def generation_eval_trainer(
             preds = generate_answers(
                 self.model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop=stop
             )
-            scores = generation_scores(preds, references)
+            scores = generation_scores(preds, references, scheme)
             scores["generation_seconds"] = time.perf_counter() - began
             assert output.metrics is not None  # a dict: the loop always reports the loss
             output.metrics.update({f"{prefix}_{k}": round(v, 3) for k, v in scores.items()})
