@@ -336,33 +336,3 @@ def test_chinese_readme_lists_every_command_of_the_readme() -> None:
     assert len(english) >= 10
     assert english <= chinese, sorted(english - chinese)
     assert "README.zh-CN.md" in (REPO / "README.md").read_text(encoding="utf-8")[:3000]
-
-
-# --- a Chinese recipe from the command line --------------------------------------------------
-
-
-@pytest.mark.slow
-def test_chinese_pretrain_recipe_trains_and_writes_chinese(tmp_path: Path) -> None:
-    """The shipped People's Daily recipe from an empty cache (BPE trained on the corpus), cut
-    to a few steps: perplexity falls and the model writes Chinese characters."""
-    run = tmp_path / "run"
-    out = run_cli(
-        "pretrain", "pretrain/gpt-peoples-daily", "--output-dir", str(run), "--max-steps", "30",
-        "--set", "model.num_layers=1", "--set", "data.max_eval_blocks=8",
-        "--set", "train.eval_every=null", "--set", "train.save_every=30", cwd=tmp_path,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert "distinct characters in the text" in out.stdout
-    before, after = (
-        float(x.replace(",", ""))
-        for x in re.search(
-            r"validation perplexity: ([\d,.]+) before -> ([\d,.]+)", out.stdout
-        ).groups()  # type: ignore[union-attr]
-    )
-    assert after < before / 2
-    gen = run_cli(
-        "generate", "--model", str(run), "--sample", "--seed", "0", "--max-new-tokens", "20",
-        "中国", cwd=tmp_path,
-    )  # fmt: skip
-    assert gen.returncode == 0, gen.stderr
-    assert len(HAN.findall(gen.stdout)) >= 10
