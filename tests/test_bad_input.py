@@ -153,6 +153,10 @@ CASES: dict[str, Case] = {
         ["prep", TINY, "--set", "data.sources=[embedded:wikipedia]"],
         "unknown embedded corpus 'embedded:wikipedia'",
     ),
+    "unknown embedded dataset": Case(
+        ["finetune", "--set", "data.sources=[embedded:reviews-fr]", "--max-steps", "1"],
+        "unknown embedded dataset 'embedded:reviews-fr' (valid: embedded:chatterbot, ",
+    ),
     "missing tokenizer folder": Case(
         ["prep", TINY, "--set", "tokenizer.source=./no-tok"], "model folder ./no-tok does not exist"
     ),

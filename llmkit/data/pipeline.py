@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from llmkit.data import shards, stream
+from llmkit.data import shards, stream, words
 from llmkit.data.packing import SentencePacker, sentence_rows, token_dtype
 from llmkit.io import interrupt
 from llmkit.io.console import ProgressBar
@@ -68,6 +68,8 @@ class Options:
     text_column: str
     min_chars: int
     dedupe: bool
+    # Masked LM with whole-word masking: Chinese lines' words come from jieba (llmkit.data.words).
+    chinese_words: bool = False
 
 
 def is_validation(text: str, fraction: float) -> bool:
@@ -217,16 +219,16 @@ def _encode_fast(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
-def _encode_words(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-    """(ids, 1 where a token starts a word) per text, for whole-word masking."""
+def _encode_words(
+    tokenizer: Any, texts: list[str], *, chinese_words: bool
+) -> list[tuple[list[int], list[int]]]:
+    """(ids, 1 where a token starts a word) per text, for whole-word masking: words as the
+    pre-tokenizer finds them, or with `chinese_words` as jieba cuts Chinese lines."""
     out = []
-    for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False):
-        prev: int | None = None
-        starts = []
-        for w in e.word_ids:
-            starts.append(int(w is None or w != prev))
-            prev = w
-        out.append((e.ids, starts))
+    encoded = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    for text, e in zip(texts, encoded, strict=True):
+        flags = words.word_start_flags(text, e.offsets, e.word_ids, segment_chinese=chinese_words)
+        out.append((e.ids, flags))
     return out
 
 
@@ -258,7 +260,8 @@ def _encode_and_write(
         t1 = time.perf_counter()
         n = _write_causal(store, kept, ids, splits, first, tokenizer)
     else:
-        encoded = iter(_encode_words(tokenizer, [line for p in kept for line in p.lines]))
+        lines = [line for p in kept for line in p.lines]
+        encoded = iter(_encode_words(tokenizer, lines, chinese_words=opt.chinese_words))
         per_piece = [[next(encoded) for _ in p.lines] for p in kept]
         t1 = time.perf_counter()
         n = _write_masked(store, kept, per_piece, splits, tokenizer, first, opt, state["carry"])

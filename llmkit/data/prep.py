@@ -24,9 +24,15 @@ import numpy as np
 
 from llmkit import assets
 from llmkit.config.pretrain import PretrainRecipe
-from llmkit.data import pipeline, shards, sources, stream
+from llmkit.data import pipeline, shards, sources, stream, words
 from llmkit.data.packing import TOKEN_DTYPE
-from llmkit.data.tokenizer import build_trained_tokenizer, check_special_tokens, fingerprint
+from llmkit.data.tokenizer import (
+    BUILD_VERSION,
+    Coverage,
+    build_trained_tokenizer,
+    check_special_tokens,
+    fingerprint,
+)
 from llmkit.errors import UsageError
 from llmkit.io.write import atomic_folder, write_json
 
@@ -89,7 +95,9 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
 
     t = recipe.tokenizer
     fp = sources.fingerprint(recipe.data.sources)
-    key = _hash(["tokenizer", fp, t.kind, t.vocab_size, t.min_frequency, recipe.task])
+    key = _hash(
+        ["tokenizer", fp, t.kind, t.vocab_size, t.min_frequency, recipe.task, BUILD_VERSION]
+    )
     folder = prep_cache_root() / "tokenizers" / key
     if not (folder / "tokenizer_config.json").exists():
         writable_cache_root()  # a read-only cache serves what it holds, refuses new entries
@@ -107,17 +115,22 @@ def _trained_tokenizer(recipe: PretrainRecipe) -> Any:
             )
             if piece.lines
         )
+        alphabet: set[str] = set()
         tok = build_trained_tokenizer(
             texts,
             kind=t.kind,
             vocab_size=t.vocab_size,
             min_frequency=t.min_frequency,
             masked=recipe.task == "masked_lm",
+            alphabet=alphabet,
         )
         atomic_folder(folder, lambda tmp: tok.save_pretrained(str(tmp)))
         print(
-            f"trained {t.kind} tokenizer ({len(tok):,} tokens) in {time.perf_counter() - t0:.1f}s"
+            f"trained {t.kind} tokenizer ({len(tok):,} tokens, {len(alphabet):,} distinct "
+            f"characters in the text) in {time.perf_counter() - t0:.1f}s"
         )
+        if t.vocab_size < len(alphabet):  # Chinese: thousands of characters
+            print(Coverage(len(alphabet), 0, "", t.vocab_size, len(tok)).lines(t.kind)[0])
     return AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -137,6 +150,8 @@ def prepare(recipe: PretrainRecipe, tokenizer: Any, *, verbose: bool = True) -> 
             d.min_chars,
             d.dedupe,
             d.text_column,
+            # Only when on, so the keys of every other entry stay as they were.
+            *([words.SEGMENTER] if _chinese_words(recipe) else []),
         ]
     )
     folder = prep_cache_root() / key
@@ -189,7 +204,9 @@ def _build(
     if isinstance(d.validation, str):
         phases.append(pipeline.Phase(sources.expand_sources([d.validation]), 1.0))
         phases[0] = pipeline.Phase(phases[0].paths, 0.0)
-    opt = pipeline.Options(recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe)
+    opt = pipeline.Options(
+        recipe.task, d.block_size, d.text_column, d.min_chars, d.dedupe, _chinese_words(recipe)
+    )
     state = pipeline.build(folder, phases, tokenizer, opt, progress=progress)
     counts = state["counts"]
     if counts["n_lines_kept"] + counts["n_rows_kept"] == 0:
@@ -215,6 +232,11 @@ def _build(
         "split": "validation: pieces (rows, ~1 KB of a text file) whose xxh3 hash < share",
         "seconds": {k: round(v, 3) for k, v in state["seconds"].items()},
     }
+
+
+def _chinese_words(recipe: PretrainRecipe) -> bool:
+    """Whole-word masking finds Chinese words with a segmenter (Chinese-BERT-wwm)."""
+    return recipe.task == "masked_lm" and recipe.masking.whole_word_mask
 
 
 def _report(meta: dict[str, Any], folder: Path) -> None:

@@ -42,6 +42,7 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
             corpora = {
                 "shakespeare": assets.shakespeare_files,
                 "shakespeare-excerpt": assets.shakespeare_excerpt_files,
+                "peoples-daily": assets.peoples_daily_files,
             }
             name = assets.embedded_name(src)
             if name not in corpora:
