@@ -336,3 +336,24 @@ def test_chinese_readme_lists_every_command_of_the_readme() -> None:
     assert len(english) >= 10
     assert english <= chinese, sorted(english - chinese)
     assert "README.zh-CN.md" in (REPO / "README.md").read_text(encoding="utf-8")[:3000]
+
+
+def test_eval_scores_a_model_on_the_chinese_held_out_pairs(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """`--data embedded:chatterbot-zh`: the held-out split no Chinese fine-tune trained on,
+    scored with the Chinese tokenizers (here a random model: what matters is the plumbing)."""
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "eval", "--model", str(tiny_llama_dir), "--data", "embedded:chatterbot-zh",
+        "--limit", "4", "--max-new-tokens", "4", "--metrics", "bleu,rouge",
+        "--output-dir", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    held_out = examples.EMBEDDED_ROWS["embedded:chatterbot-zh"]()[1]
+    assert data["data"]["data"].startswith("embedded:chatterbot-zh held-out split")
+    assert f"4 of {len(held_out)} rows" in data["data"]["data"]
+    assert data["details"]["text"]["bleu_tokenize"] == "zh"
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").open(encoding="utf-8")]
+    assert [r["reference"] for r in rows] == [r["answer"] for r in held_out[:4]]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-from llmkit import assets
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation import score
@@ -41,7 +41,6 @@ from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
 from llmkit.models.load import LoadedModel, folder_kind
 
-EMBEDDED_CHATTERBOT = "embedded:chatterbot"
 DATA_NEW_TOKENS = 64
 PRED_FIELDS = ("prediction", "completion")  # ours, then `llmkit generate --output`
 REF_FIELDS = ("reference", "target", "answer", "completion")
@@ -297,26 +296,27 @@ def eval_classifiers(req: EvalRequest, refs: list[tuple[str, str]]) -> Report:
 
 
 def read_pairs(req: EvalRequest) -> tuple[list[str], list[str], str]:
-    """(sources, targets, description) from --data: a JSONL file or embedded:chatterbot."""
+    """(sources, targets, description) from --data: a JSONL file, or a shipped dataset's
+    held-out split (embedded:chatterbot, embedded:chatterbot-zh, embedded:translation-en-zh)."""
+    from llmkit.data.examples import EMBEDDED_ROWS
+
     assert req.data is not None
-    if req.data == EMBEDDED_CHATTERBOT:
-        _, held_out = assets.chatterbot_split()
-        pairs = held_out[: req.limit] if req.limit else held_out
-        desc = f"{EMBEDDED_CHATTERBOT} held-out split ({len(pairs)} of {len(held_out)} pairs)"
-        return [p["question"] for p in pairs], [p["answer"] for p in pairs], desc
-    path = Path(req.data)
-    if path.suffix.lower() not in (".jsonl", ".json"):
-        raise UsageError(f"--data {path}: expected a .jsonl file (or {EMBEDDED_CHATTERBOT})")
-    rows = read_records(path)
+    if req.data in EMBEDDED_ROWS:  # the split its fine-tunes never trained on
+        held_out = EMBEDDED_ROWS[req.data]()[1]
+        rows: list[tuple[str, Any]] = [(f"{req.data} row {i}", r) for i, r in enumerate(held_out)]
+        what = f"{req.data} held-out split"
+    elif Path(req.data).suffix.lower() not in (".jsonl", ".json"):
+        raise UsageError(f"--data {req.data}: expected a .jsonl file or {', '.join(EMBEDDED_ROWS)}")
+    else:
+        rows, what = list(read_records(Path(req.data))), req.data
     if not rows:
-        raise UsageError(f"{path} is empty: it holds no texts")
+        raise UsageError(f"{what} is empty: it holds no texts")
     src_key, tgt_key = _pair_fields(rows[0], req)
     sources = field_texts(rows, src_key, blank_lines="keep", hint="pick it with --source-field")
     targets = field_texts(rows, tgt_key, blank_lines="keep", hint="pick it with --target-field")
-    total = len(sources)
     if req.limit:
         sources, targets = sources[: req.limit], targets[: req.limit]
-    return sources, targets, f"{path} ({src_key} -> {tgt_key}, {len(sources)} of {total} rows)"
+    return sources, targets, f"{what} ({src_key} -> {tgt_key}, {len(sources)} of {len(rows)} rows)"
 
 
 def _pair_fields(first: tuple[str, dict[str, object]], req: EvalRequest) -> tuple[str, str]:
@@ -387,7 +387,7 @@ def eval_default_suite(req: EvalRequest, names: list[str], out_dir: Path) -> Rep
         systems.append(system)
     report = Report("default", systems)
     report.data = {
-        "generation": f"{EMBEDDED_CHATTERBOT} held-out split: first {len(pairs)} of "
+        "generation": f"embedded:chatterbot held-out split: first {len(pairs)} of "
         f"{len(questions)} distinct questions, each with its first answer as reference",
         "perplexity": text_desc,
         "examples": len(pairs),

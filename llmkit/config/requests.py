@@ -210,7 +210,8 @@ class EvalRequest(Request):
     data: str | None = Field(
         None,
         description="JSONL with source/target, prompt/completion or question/answer fields, "
-        "or embedded:chatterbot (held-out split): generate, then score.",
+        "or embedded:chatterbot, embedded:chatterbot-zh, embedded:translation-en-zh... "
+        "(held-out split): generate, then score.",
     )
     text: list[Path] | None = Field(
         None,
