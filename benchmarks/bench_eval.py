@@ -60,7 +60,8 @@ def baseline_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    from llmkit.evaluation.metrics import ROUGE_TYPES, split_sentences
+    from llmkit.evaluation.metrics import ROUGE_TYPES
+    from llmkit.evaluation.text import split_sentences
 
     out = {"bleu": sacrebleu.corpus_bleu(preds, [refs]).score}
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
@@ -112,9 +113,9 @@ def main() -> None:
     scores: dict[str, dict[str, float]] = {}
 
     def run_llmkit() -> float:
-        import llmkit.evaluation.metrics as m
+        from llmkit.evaluation.text import reset_caches
 
-        m._rouge_scorer.cache_clear()  # each repetition pays the scorer set-up, as a CLI run does
+        reset_caches()  # each repetition pays the scorer set-up, as a CLI run does
         t0 = time.perf_counter()
         scores["llmkit"] = llmkit_scores(preds, refs)
         return time.perf_counter() - t0

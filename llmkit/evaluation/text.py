@@ -299,6 +299,11 @@ def _porter_tokenizer() -> Any:
     return _StemCacheTokenizer()
 
 
+def reset_caches() -> None:
+    """Forget the memoized stemmer and segmenter, as a new process starts (benchmarks)."""
+    _porter_tokenizer.cache_clear()
+
+
 # A sentence ends at . ! ? followed by whitespace, or at a CJK full stop, ！ or ？ (no space
 # follows those); only ROUGE-Lsum reads sentences.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
