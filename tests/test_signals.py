@@ -192,7 +192,11 @@ def test_a_signal_at_any_phase_ends_the_run_promptly(
     )  # fmt: skip
     try:
         if phase == "training":
-            _wait_for(lambda: (run / "metrics.jsonl").exists(), proc, "a logged step")
+            # Step 2, not the file: the evaluation before training logs step 0 into it, and a
+            # signal there is outside training ("interrupted", as it should be).
+            logged = run / "metrics.jsonl"
+            at_step_2 = lambda: logged.exists() and '"step": 2,' in logged.read_text()  # noqa: E731
+            _wait_for(at_step_2, proc, "step 2")
         else:
             _wait_for_line(proc, PHASES[phase])
         sent = time.monotonic()
