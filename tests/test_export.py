@@ -123,5 +123,7 @@ def test_a_killed_export_leaves_temporaries_the_next_write_cleans(
     again = run_cli("export", str(lora_run), "--output", str(out))
     assert again.returncode == 0, again.stderr
     assert "cleaned up after a killed llmkit process" in again.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged-mine", "merged"]
+    # What is left: the user's folder, the export, and the writer lock beside it (kept: a
+    # lock file deleted is what lets a second writer in).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged-mine", ".merged.lock", "merged"]
     assert (out / "model.safetensors").exists()
