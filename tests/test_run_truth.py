@@ -311,30 +311,6 @@ def test_final_weights_worse_than_the_start_are_reported(
 # --- a fine-tune's evaluation can be reproduced -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT (width 32) with MiniLM's real WordPiece tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from llmkit import assets
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _eval_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
