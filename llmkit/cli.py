@@ -190,7 +190,7 @@ def pretrain_cmd(req: TrainRequest) -> None:
     if recipe is not None and req.resume:
         _stop_if_finished(recipe, req)
     if recipe is not None:
-        _hold_run(recipe)
+        _hold_run(recipe, req)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.pretrain import run_pretrain
 
@@ -207,7 +207,7 @@ def finetune_cmd(req: TrainRequest) -> None:
     if recipe is not None and req.resume:
         _stop_if_finished(recipe, req)
     if recipe is not None:
-        _hold_run(recipe)
+        _hold_run(recipe, req)
     if recipe is not None and not _launched(recipe.train.devices, req):
         from llmkit.commands.finetune import run_finetune
 
@@ -238,13 +238,13 @@ def _stop_if_finished(recipe: Any, req: TrainRequest) -> None:
     check_resume_processes(run, recipe.train.devices * req.nodes)
 
 
-def _hold_run(recipe: Any) -> None:
+def _hold_run(recipe: Any, req: TrainRequest) -> None:
     """One writer per run folder, taken before workers launch (they inherit it); in a run
-    launched by torchrun or accelerate, rank 0 holds it (raises UsageError naming the PID of
-    the process already writing it)."""
+    launched by torchrun or accelerate, rank 0 holds it, and across machines node 0 (the
+    others write nothing there). Raises UsageError naming the PID already writing it."""
     from llmkit.io.runs import hold_writer_lock
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if req.node_rank == 0 and int(os.environ.get("RANK", "0")) == 0:
         hold_writer_lock(recipe.output_dir)
 
 
