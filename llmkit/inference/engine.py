@@ -27,34 +27,31 @@ class ServedModel:
     config: Any  # the model's PretrainedConfig (a LoRA run: its base model's)
     tokenizer: Any
     generation_config: Any  # generate's options on the model's own (generation_config_for)
-    description: str
     vocab_size: int  # token ids a logit_bias may name
 
     @classmethod
     def from_loaded(
         cls, ref: str, loaded: LoadedModel, generation_config: Any, trust_remote_code: bool
     ) -> ServedModel:
-        model, tokenizer = servable(loaded)
+        check_servable(loaded)
+        # A LoRA model answers these through its base: no merge here (the engine merges).
+        model = loaded.model
         vocab = int(model.get_input_embeddings().weight.shape[0])
-        return cls(
-            ref,
-            trust_remote_code,
-            model.config,
-            tokenizer,
-            generation_config,
-            loaded.description,
-            vocab,
+        return cls(ref, trust_remote_code, model.config, loaded.tokenizer, generation_config, vocab)
+
+
+def check_servable(loaded: LoadedModel) -> None:
+    if loaded.is_encoder_decoder:
+        raise UsageError(
+            "llmkit serve answers with causal LMs; an encoder-decoder (T5) answers through "
+            "llmkit generate"
         )
 
 
 def servable(loaded: LoadedModel) -> tuple[Any, Any]:
     """The model as it answers: a causal LM, its LoRA adapter merged (one matmul per layer,
     not three)."""
-    if loaded.is_encoder_decoder:
-        raise UsageError(
-            "llmkit serve answers with causal LMs; an encoder-decoder (T5) answers through "
-            "llmkit generate"
-        )
+    check_servable(loaded)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
