@@ -33,13 +33,13 @@ from llmkit.evaluation.report import (
     save,
     show,
 )
+from llmkit.evaluation.systems import generate_and_score, load_system, model_refs
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
 from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON, writer_lock
-from llmkit.io.write import check_output, mark_owned, owner_kind
-from llmkit.models.card import prompt_format_for
-from llmkit.models.load import LoadedModel, folder_kind
+from llmkit.io.write import check_output, owner_kind
+from llmkit.models.load import folder_kind
 
 DATA_NEW_TOKENS = 64
 PRED_FIELDS = ("prediction", "completion")  # ours, then `llmkit generate --output`
@@ -130,62 +130,6 @@ def prepare_output_dir(req: EvalRequest, held: ExitStack) -> Path:
     return out
 
 
-def _load(ref: str, use: str = "generation") -> LoadedModel:
-    from llmkit.models.load import load_generator
-
-    note(f"model: {(loaded := load_generator(ref, use=use)).description}")
-    return loaded
-
-
-def _model_refs(req: EvalRequest) -> list[tuple[str, str]]:
-    """[("A", ref), ("B", ref)?]; A defaults to the latest causal-LM run, else SmolLM2."""
-    first = req.model or score.default_model_ref(req.runs_root)
-    return [("A", first)] + ([("B", req.model_b)] if req.model_b else [])
-
-
-def _generate_and_score(
-    label: str,
-    ref: str,
-    sources: list[str],
-    targets: list[str],
-    names: list[str],
-    req: EvalRequest,
-    max_new_tokens: int,
-    out_dir: Path,
-) -> tuple[SystemScores, LoadedModel]:
-    loaded = _load(ref)
-    card = loaded.card
-    # The run's own prompt format and answer rules, so its scores here match the ones its
-    # training reported; without a card, the chat template when the model has one.
-    fmt = prompt_format_for(
-        card,
-        chat=req.chat,
-        template=req.template,
-        system=req.system,
-        default_chat=bool(getattr(loaded.tokenizer, "chat_template", None)),
-    )
-    if card and card.max_new_tokens and req.max_new_tokens is None:
-        max_new_tokens = card.max_new_tokens
-    # A run alone is scored as its training scored it; an A/B splits both systems' text alike.
-    own = card if req.model_b is None else None
-    mark_owned(out_dir, EVAL)  # answers are written there as they come
-    system = score.generate_and_score(
-        label,
-        loaded,
-        sources,
-        targets,
-        names,
-        max_new_tokens=max_new_tokens,
-        batch_size=req.batch_size,
-        prompt_format=fmt,
-        answer_stops=card.stop if card is not None else None,
-        predictions=out_dir / PREDICTIONS[label],
-        resume=req.resume,
-        tokenize=score.tokenize_for(own, req.bleu_tokenize, req.rouge_tokenize),
-    )
-    return system, loaded
-
-
 # --- mode 1: predictions files -----------------------------------------------------------------
 
 
@@ -250,13 +194,13 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 
 
 def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
-    refs = _model_refs(req)
+    refs = model_refs(req)
     if any(folder_kind(ref) == "classifier" for _, ref in refs):
         return eval_classifiers(req, refs)
     sources, targets, desc = read_pairs(req)
     new_tokens = req.max_new_tokens or DATA_NEW_TOKENS
     systems = [
-        _generate_and_score(label, ref, sources, targets, names, req, new_tokens, out_dir)[0]
+        generate_and_score(label, ref, sources, targets, names, req, new_tokens, out_dir)[0]
         for label, ref in refs
     ]
     report = Report("generate", systems, data={"data": desc, "examples": len(sources)})
@@ -344,7 +288,7 @@ def eval_text(req: EvalRequest) -> Report:
         refs.append(("B", req.model_b))
     systems = []
     for label, ref in refs:
-        loaded = _load(ref, "perplexity")
+        loaded = load_system(ref, "perplexity")
         system = SystemScores(label, loaded.description)
         score.measure_perplexity(system, loaded, text_set, req.max_length, req.stride)
         systems.append(system)
@@ -375,8 +319,8 @@ def eval_default_suite(req: EvalRequest, names: list[str], out_dir: Path) -> Rep
     new_tokens = req.max_new_tokens or score.SUITE_NEW_TOKENS
     systems = []
     text_desc = ""
-    for label, ref in _model_refs(req):
-        system, loaded = _generate_and_score(
+    for label, ref in model_refs(req):
+        system, loaded = generate_and_score(
             label, ref, sources, targets, names, req, new_tokens, out_dir
         )
         text_set = score.suite_text_set(ref)
