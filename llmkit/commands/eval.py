@@ -4,6 +4,7 @@ The options pick the mode:
     --preds P [--refs R] [--preds-b P2]      score files (no model)
     --model M --data D [--model-b M2]        generate on a dataset, then score
     --model M --text FILE [--model-b M2]     perplexity, sliding window and per document
+    --model M --tasks NAMES [--model-b M2]   benchmarks through lm-evaluation-harness
     (none of those)                          the default suite on embedded held-out data
 
 Flow: check options, files and the output folder (cheap, before any model loads) -> score one
@@ -21,7 +22,7 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import score
+from llmkit.evaluation import harness, score
 from llmkit.evaluation.metrics import parse_metric_names
 from llmkit.evaluation.report import (
     EVAL,
@@ -59,6 +60,7 @@ def run_eval(req: EvalRequest) -> Path:
             eval_predictions(req, names) if mode == "preds"
             else eval_generation(req, names, out_dir) if mode == "generate"
             else eval_text(req) if mode == "text"
+            else eval_tasks(req, out_dir) if mode == "tasks"
             else eval_default_suite(req, names, out_dir)
         )  # fmt: skip
         if len(report.systems) == 2:
@@ -83,13 +85,15 @@ def with_run_validation(req: EvalRequest) -> EvalRequest:
 def pick_mode(req: EvalRequest) -> str:
     """preds | generate | text | default, refusing option combinations that mean nothing."""
     if req.preds is not None:
-        if req.model or req.model_b or req.data or req.text:
-            raise UsageError("--preds scores files: drop --model/--model-b/--data/--text")
+        if req.model or req.model_b or req.data or req.text or req.tasks:
+            raise UsageError("--preds scores files: drop --model/--model-b/--data/--text/--tasks")
         return "preds"
     if req.refs is not None or req.preds_b is not None:
         raise UsageError("--refs and --preds-b go with --preds")
-    if req.data is not None and req.text:
-        raise UsageError("give --data (generate and score) or --text (perplexity), not both")
+    if sum(x is not None for x in (req.data, req.text, req.tasks)) > 1:
+        raise UsageError("give one of --data (generate), --text (perplexity), --tasks (benchmarks)")
+    if req.tasks is not None:
+        return "tasks"
     if req.data is not None:
         return "generate"
     if req.text:
@@ -308,7 +312,16 @@ def read_text_set(paths: list[Path]) -> tuple[score.TextSet, str | None]:
     return score.TextSet(desc, texts), None
 
 
-# --- mode 4: the default suite -----------------------------------------------------------------
+# --- mode 4: benchmarks (llmkit.evaluation.harness) ----------------------------------------
+
+
+def eval_tasks(req: EvalRequest, out_dir: Path) -> Report:
+    harness.check_resumable(out_dir, resume=req.resume, finished=(out_dir / METRICS_JSON).exists())
+    systems, data, settings = harness.benchmark_systems(req, model_refs(req), out_dir)
+    return Report("tasks", systems, data=data, settings=settings)
+
+
+# --- mode 5: the default suite -----------------------------------------------------------------
 
 
 def eval_default_suite(req: EvalRequest, names: list[str], out_dir: Path) -> Report:

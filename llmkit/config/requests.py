@@ -176,6 +176,7 @@ class EmbedRequest(Request):
 
 EVAL_GENERATION = "Generation (--data and the default suite)"
 EVAL_PERPLEXITY = "Perplexity (--text and the default suite)"
+EVAL_BENCHMARKS = "Benchmarks (--tasks, lm-evaluation-harness)"
 
 
 class EvalRequest(Request):
@@ -193,6 +194,7 @@ class EvalRequest(Request):
         "system": flag(panel=EVAL_GENERATION),
         "max_length": flag(panel=EVAL_PERPLEXITY),
         "stride": flag(panel=EVAL_PERPLEXITY),
+        "num_fewshot": flag(panel=EVAL_BENCHMARKS),
         "runs_root": Flag(cli=False),
     }
 
@@ -218,6 +220,15 @@ class EvalRequest(Request):
         description="Text file for perplexity (repeatable), or a run folder (its validation "
         "split).",
     )
+    tasks: str | None = Field(
+        None,
+        description="Benchmarks through lm-evaluation-harness, comma-separated: llmkit's "
+        "offline llmkit_chatterbot_mc / llmkit_chatterbot_mc_zh, a task .yaml, or harness names "
+        "such as hellaswag,arc_easy (their data comes from the hub).",
+    )
+    num_fewshot: int | None = Field(
+        None, ge=0, le=64, description="--tasks: few-shot examples (default: each task's own)."
+    )
     metrics: str | None = Field(
         None,
         description="Comma-separated: bleu,chrf,rouge,em,f1,accuracy,distinct,self_bleu,length "
@@ -242,7 +253,7 @@ class EvalRequest(Request):
     source_field: str | None = Field(None, description="--data field of inputs.")
     target_field: str | None = Field(None, description="--data field of references.")
     limit: int | None = Field(
-        None, ge=1, description="Score the first N examples (default suite: 64)."
+        None, ge=1, description="Score the first N examples (default suite: 64; --tasks: per task)."
     )
     max_new_tokens: int | None = Field(
         None, ge=1, le=MAX_NEW_TOKENS, description="Greedy answer length (default 64; suite 32)."

@@ -22,7 +22,7 @@ EVAL = "eval"  # the marker kind of an evaluation folder
 # Everything `save` writes: a folder holding only these is an evaluation's, marked or not.
 PREDICTIONS = {"A": "predictions.jsonl", "B": "predictions_b.jsonl"}
 EVAL_FILES = frozenset(
-    {METRICS_JSON, "ab.png", MARKER, *PREDICTIONS.values()}
+    {METRICS_JSON, "ab.png", MARKER, "harness", *PREDICTIONS.values()}
     | {f"{name}.partial" for name in PREDICTIONS.values()}
 )
 
@@ -94,6 +94,7 @@ UNITS = {
     "distinct_1/distinct_2": "unique n-grams / all n-grams over all outputs, 0-1",
     "avg_length": "units per output: words, or characters for CJK/Thai (details.text.units)",
     "perplexity_*": "exp(mean NLL per scored token, nats); lower is better",
+    "<task>/<metric>": "lm-evaluation-harness's own value and units (acc, acc_norm: 0-1)",
 }
 
 
@@ -110,7 +111,9 @@ def to_json(report: Report) -> dict[str, Any]:
         "settings": report.settings,
         "notes": report.notes,
         "units": UNITS,
-        "versions": versions(("llmkit", "sacrebleu", "rouge-score", "torch", "transformers")),
+        "versions": versions(
+            ("llmkit", "sacrebleu", "rouge-score", "torch", "transformers", "lm_eval", "evaluate")
+        ),
         "command": " ".join(["llmkit", *sys.argv[1:]]),
     }
     if len(report.systems) == 2:
@@ -180,7 +183,8 @@ def _fmt(key: str, value: float) -> str:
         return str(value)
     if abs(value) >= 10_000:
         return f"{value:,.0f}"
-    return f"{value:.4f}" if key.startswith("distinct") else f"{value:.2f}"
+    # distinct-n and the harness's values (<task>/acc) are 0-1 ratios
+    return f"{value:.4f}" if key.startswith("distinct") or "/" in key else f"{value:.2f}"
 
 
 def _signed(key: str, value: float) -> str:
