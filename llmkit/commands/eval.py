@@ -22,7 +22,7 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import harness, score
+from llmkit.evaluation import harness, modules, score
 from llmkit.evaluation.metrics import parse_metric_names
 from llmkit.evaluation.report import (
     EVAL,
@@ -53,6 +53,9 @@ def run_eval(req: EvalRequest) -> Path:
     req = with_run_validation(req)
     mode = pick_mode(req)
     names = parse_metric_names(req.metrics)
+    if req.metric and mode in ("text", "tasks"):
+        raise UsageError("--metric scores answers: use it with --preds or --data")
+    modules.check_modules(req.metric or [])  # before any model loads
     with ExitStack() as held:  # the output folder's writer lock, until saved
         out_dir = prepare_output_dir(req, held)
         start = time.perf_counter()
@@ -142,10 +145,12 @@ def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
     preds, refs, refs_name = _read_preds_and_refs(req, req.preds)
     tokenize = score.tokenize_for(None, req.bleu_tokenize, req.rouge_tokenize)
     systems = [score.score_texts("A", str(req.preds), preds, refs, names, tokenize)]
+    modules.add_scores(systems[0], req.metric or [], preds, refs)
     if req.preds_b is not None:
         preds_b = _read_preds(req.preds_b, req)
         _check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
         systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names, tokenize))
+        modules.add_scores(systems[1], req.metric or [], preds_b, refs)
     data = {"references": refs_name, "examples": len(refs)}
     return Report("preds", systems, data=data)
 

@@ -234,6 +234,11 @@ class EvalRequest(Request):
         description="Comma-separated: bleu,chrf,rouge,em,f1,accuracy,distinct,self_bleu,length "
         "(default: all but accuracy).",
     )
+    metric: list[str] | None = Field(
+        None,
+        description="A Hugging Face `evaluate` module (a local folder or script offline, a hub "
+        "name online) scored beside llmkit's metrics (repeatable).",
+    )
     bleu_tokenize: BleuTokenize | None = Field(
         None,
         description="sacreBLEU tokenizer for BLEU and self-BLEU (default: by the references' "

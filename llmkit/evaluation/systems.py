@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmkit.config.requests import EvalRequest
-from llmkit.evaluation import score
+from llmkit.evaluation import modules, score
 from llmkit.evaluation.report import EVAL, PREDICTIONS, SystemScores
 from llmkit.io.console import note
 from llmkit.io.write import mark_owned
@@ -67,4 +67,7 @@ def generate_and_score(
         resume=req.resume,
         tokenize=score.tokenize_for(own, req.bleu_tokenize, req.rouge_tokenize),
     )
+    if req.metric and system.predictions is not None:
+        preds = [str(row["prediction"]) for row in system.predictions]
+        modules.add_scores(system, req.metric, preds, targets)
     return system, loaded
