@@ -190,7 +190,7 @@ def test_ab_on_a_benchmark_gives_an_interval_and_p_value(
     key = f"{TASK}/acc"
     a, b = metrics["metrics"][key], metrics["b"]["metrics"][key]
     assert metrics["difference"][key] == pytest.approx(b - a)
-    test = metrics["paired_bootstrap"]["tests"][key]
+    test = metrics["paired_bootstrap"]["metrics"][key]
     assert 0 < test["p_value"] <= 1
     assert test["ci_low"] <= b - a <= test["ci_high"]
     # both systems answered the same 85 questions, each with its own per-sample log

@@ -108,8 +108,26 @@ def _first_line(e: BaseException) -> str:
 
 def quiet_harness() -> None:
     """The harness logs every setting at INFO and warns that a loaded model "may ignore
-    model arguments" (we pass none): llmkit prints what matters itself."""
+    model arguments" (we pass none): llmkit prints what matters itself.
+
+    `simple_evaluate` ends by recording its environment: torch's collect_env (16.7 s per
+    call on a busy 2-core machine, and llmkit calls it once per task) and `git describe` in
+    the user's working directory (not lm_eval's; outside a repository git prints "fatal: not
+    a git repository" on stderr). llmkit records the versions that matter in metrics.json, so
+    both are skipped; the scores are untouched (they are computed before)."""
+    import lm_eval.evaluator as evaluator
+
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    setattr(evaluator, "add_env_info", _versions_only)  # noqa: B010 (patching a library)
+    setattr(evaluator, "get_git_commit_hash", lambda: None)  # noqa: B010
+
+
+def _versions_only(storage: dict[str, Any]) -> None:
+    from llmkit.io.provenance import versions
+
+    found = versions(("lm_eval", "transformers"))
+    storage["lm_eval_version"] = found.get("lm_eval")
+    storage["transformers_version"] = found.get("transformers")
 
 
 def harness_lm(loaded: Any, batch_size: int) -> Any:
@@ -146,6 +164,7 @@ def run_tasks(
     """Score `tasks` one by one; each is saved when it finishes (Ctrl-C keeps it)."""
     from lm_eval import simple_evaluate
 
+    quiet_harness()
     folder = out_dir / HARNESS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     scores = []
