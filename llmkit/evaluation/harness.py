@@ -174,8 +174,8 @@ def run_tasks(
             note(f"task {i}/{len(tasks)} {name}: kept from the interrupted run")
             scores.append(kept)
             continue
-        note(f"task {i}/{len(tasks)} {name} ({label})")
-        with StopFlag(f"task {name}") as stop:
+        with StopFlag(f"task {name}") as stop:  # Ctrl-C from here on: the task finishes
+            note(f"task {i}/{len(tasks)} {name} ({label})")
             start = time.perf_counter()
             result = simple_evaluate(
                 lm,
