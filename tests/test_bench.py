@@ -29,7 +29,7 @@ TASK = "llmkit_chatterbot_mc"
 TASK_ZH = "llmkit_chatterbot_mc_zh"
 
 
-def harness_direct(model_dir: Path, task: str, limit: int, **kwargs: Any) -> dict[str, Any]:
+def harness_direct(model_dir: Path, task: str, limit: int | None, **kwargs: Any) -> dict[str, Any]:
     """The harness on its own: HFLM over the folder's model, the built task YAML."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -37,9 +37,10 @@ def harness_direct(model_dir: Path, task: str, limit: int, **kwargs: Any) -> dic
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=32)
+    samples = kwargs.pop("samples", False)
     result = simple_evaluate(lm, tasks=[str(materialize(task))], limit=limit, **kwargs)
     assert result is not None
-    return result["results"][task]
+    return result["samples"][task] if samples else result["results"][task]
 
 
 def metrics_of(out: Path) -> dict[str, Any]:
@@ -234,3 +235,37 @@ def test_ctrl_c_keeps_finished_tasks_and_resume_continues(
     assert {f"{TASK}/acc", f"{TASK_ZH}/acc"} <= set(metrics)
     direct = harness_direct(tiny_gpt2_dir, TASK, limit=30)
     assert metrics[f"{TASK}/acc"] == direct["acc,none"]
+
+
+@pytest.mark.slow
+def test_a_lora_run_is_scored_with_its_adapter(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """An adapter folder (base named in adapter_config.json): the harness's numbers on the
+    base with the adapter merged by hand, and not the base's own."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    config = LoraConfig(r=8, target_modules=["c_attn"], init_lora_weights=False)
+    adapter = tmp_path / "lora-run"
+    get_peft_model(base, config).save_pretrained(adapter)  # B random: the adapter matters
+    merged = tmp_path / "merged"
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir), adapter)
+    model.merge_and_unload().save_pretrained(merged)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (merged / name).write_bytes((tiny_gpt2_dir / name).read_bytes())
+        (adapter / name).write_bytes((tiny_gpt2_dir / name).read_bytes())
+
+    out = run_eval(EvalRequest(model=str(adapter), tasks=TASK, output_dir=tmp_path / "e"))
+    values = metrics_of(out)["metrics"]
+    direct = harness_direct(merged, TASK, limit=None)
+    assert values[f"{TASK}/acc"] == direct["acc,none"]
+    assert values[f"{TASK}/acc_norm"] == direct["acc_norm,none"]
+    # the log-likelihoods themselves are the merged model's, not the base's
+    first = json.loads((out / "harness" / f"A-{TASK}.samples.jsonl").read_text().split("\n")[0])
+    logprob = first["filtered_resps"][0][0]
+    base = harness_direct(tiny_gpt2_dir, TASK, limit=1, samples=True)
+    assert logprob != pytest.approx(base[0]["filtered_resps"][0][0], abs=1e-4)

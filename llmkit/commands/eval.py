@@ -77,7 +77,7 @@ def run_eval(req: EvalRequest) -> Path:
 def with_run_validation(req: EvalRequest) -> EvalRequest:
     """`--model RUN` and nothing to score it on: a fine-tune's own validation examples
     (RUN/validation.jsonl), so the run's evaluation is reproduced, not the default suite's."""
-    if req.model is None or req.preds is not None or req.data is not None or req.text:
+    if req.model is None or req.preds is not None or req.data is not None or req.text or req.tasks:
         return req
     if (scored := score.run_validation_file(Path(req.model))) is None:
         return req
