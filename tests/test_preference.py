@@ -20,6 +20,7 @@ from conftest import REPO, run_cli
 
 from llmkit.config.finetune import FinetuneRecipe
 from llmkit.config.loader import load_recipe
+from llmkit.errors import UsageError
 
 RECIPE = str(REPO / "recipes/finetune/dpo-chatterbot.yaml")
 
@@ -62,9 +63,12 @@ def _rows(run: Path) -> list[dict]:
 # --- recipe defaults -------------------------------------------------------------------------
 
 
-def test_each_method_gets_trl_defaults_field_by_field() -> None:
+def test_each_method_gets_trl_defaults_field_by_field(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("task: preference\n")
+
     def recipe(*sets: str) -> FinetuneRecipe:
-        return load_recipe(FinetuneRecipe, None, ["task=preference", *sets])
+        return load_recipe(FinetuneRecipe, bare, list(sets))
 
     lora = recipe()
     assert (lora.preference.method, lora.preference.beta, lora.train.lr) == ("dpo", 0.1, 1e-5)
@@ -75,9 +79,9 @@ def test_each_method_gets_trl_defaults_field_by_field() -> None:
     assert recipe("preference.method=simpo").preference.beta == 2.0
     assert recipe("train.lr=3.0e-4").train.lr == 3e-4  # a set value wins
     assert recipe("preference.beta=0.5").preference.beta == 0.5
-    with pytest.raises(ValueError, match="kto needs 2 or more"):
+    with pytest.raises(UsageError, match="kto needs 2 or more"):
         recipe("preference.method=kto", "train.batch_size=1")
-    with pytest.raises(ValueError, match="not reported for task preference"):
+    with pytest.raises(UsageError, match="not reported for task preference"):
         recipe("eval.metric_for_best_model=bleu")
 
 
@@ -126,7 +130,7 @@ def test_dpo_starts_at_log_2_and_logs_trl_reward_metrics(
 @pytest.mark.parametrize(
     "method, extra",
     [
-        ("orpo", []),
+        pytest.param("orpo", [], marks=pytest.mark.slow),
         pytest.param("kto", [], marks=pytest.mark.slow),
         pytest.param("simpo", [], marks=pytest.mark.slow),
         # full: a frozen copy of the start weights is the reference
@@ -171,7 +175,10 @@ def test_bad_rows_are_listed_all_at_once_and_nothing_is_written(
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     before = data.read_bytes()
     run = tmp_path / "run"
-    out = run_cli(*_args(tiny_llama_dir, run, (data, data)), "--set", "data.max_length=64")
+    out = run_cli(
+        *_args(tiny_llama_dir, run, (data, data)),
+        *("--set", "data.max_length=64", "--set", "data.max_eval_examples=null"),
+    )
     assert out.returncode == 2
     err = out.stderr.strip().splitlines()
     assert "Traceback" not in out.stderr
