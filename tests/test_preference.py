@@ -251,3 +251,49 @@ def test_dpo_killed_and_resumed_equals_uninterrupted(
     losses = {r["step"]: r["loss"] for r in _rows(tmp_path / "full") if "loss" in r}
     resumed_losses = {r["step"]: r["loss"] for r in _rows(run) if "loss" in r}
     assert resumed_losses == losses
+
+
+# --- eval on preference pairs ------------------------------------------------------------------
+
+
+def test_swapping_chosen_and_rejected_negates_every_margin(
+    tiny_llama_dir: Path, smollm2_tokenizer: object
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.evaluation.preference import preference_scores, render_pairs
+
+    rows = [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "Five, I think."},
+        {"prompt": "你好", "chosen": "你好！很高兴见到你。", "rejected": "再见"},
+        {"prompt": "สวัสดี", "chosen": "สวัสดีครับ", "rejected": "ลาก่อน"},
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello!", "rejected": "Bye."},
+    ]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    for chat in (True, False):
+        pairs = render_pairs(rows, smollm2_tokenizer, chat=chat)
+        a = preference_scores(model, smollm2_tokenizer, pairs, batch_size=3)
+        b = preference_scores(model, smollm2_tokenizer, [(p, r, c) for p, c, r in pairs])
+        assert [pytest.approx(-m, abs=1e-4) for m in b.margins] == a.margins
+        assert a.accuracy + b.accuracy == pytest.approx(100.0)  # no ties on random weights
+        assert a.margin == pytest.approx(sum(a.margins) / 4)
+
+
+def test_eval_reports_preference_accuracy_and_the_paired_test(
+    tiny_llama_dir: Path, tmp_path: Path, pairs_jsonl: tuple[Path, Path]
+) -> None:
+    data = pairs_jsonl[0]
+    before = data.read_bytes()
+    out_dir = tmp_path / "eval"
+    out = run_cli(
+        "eval", "--model", str(tiny_llama_dir), "--model-b", str(tiny_llama_dir),
+        "--data", str(data), "--output-dir", str(out_dir), "--limit", "6",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    values = metrics["metrics"]
+    assert 0 <= values["preference_accuracy"] <= 100 and metrics["data"]["examples"] == 6
+    assert "preference_accuracy" in out.stdout
+    test = json.dumps(metrics)
+    assert "preference_margin" in test and "p_value" in test  # A/B: the paired bootstrap ran
+    assert data.read_bytes() == before

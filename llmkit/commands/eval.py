@@ -21,7 +21,7 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import score
+from llmkit.evaluation import preference, score
 from llmkit.evaluation.metrics import parse_metric_names
 from llmkit.evaluation.report import (
     EVAL,
@@ -251,6 +251,8 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 
 def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
     refs = _model_refs(req)
+    if req.data is not None and preference.is_preference_file(req.data):  # prompt/chosen/rejected
+        return preference.preference_report(refs, Path(req.data), req.limit, req.batch_size, _load)
     if any(folder_kind(ref) == "classifier" for _, ref in refs):
         return eval_classifiers(req, refs)
     sources, targets, desc = read_pairs(req)

@@ -33,7 +33,7 @@ class PreferenceData:
     validation: Any
     sample_prompt: str  # one held-out prompt, rendered, to show an answer to
     sample_shown: str  # the same prompt as a person wrote it
-    pairs: list[Row]  # the held-out rows as rendered strings (prompt/chosen/rejected)
+    pairs: list[Row]  # the held-out pairs as read (prompt/chosen/rejected)
 
 
 def build_preference_data(recipe: Any, tokenizer: Any, method: str) -> PreferenceData:
@@ -54,7 +54,18 @@ def build_preference_data(recipe: Any, tokenizer: Any, method: str) -> Preferenc
         if len(problems) > MAX_LISTED:
             shown.append(f"... and {len(problems) - MAX_LISTED} more problems")
         raise UsageError(shown[0], problems=shown)
-    paired = [r for r in validation if "chosen" in r]
+    d, p = recipe.data, recipe.preference
+    # The held-out pairs as written (text or messages), for validation.jsonl: `llmkit eval
+    # --model RUN` renders them again for whichever model it scores.
+    paired = [
+        {
+            "prompt": r[d.prompt_column],
+            "chosen": r[p.chosen_column],
+            "rejected": r[p.rejected_column],
+        }
+        for r in val_rows
+        if p.chosen_column in r
+    ]
     if method == "kto":
         train, validation = unpair(train), unpair(validation)
     elif len(paired) < len(validation) or any("chosen" not in r for r in train):
