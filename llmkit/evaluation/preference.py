@@ -35,10 +35,15 @@ class PreferenceScores:
     margins: list[float]  # per pair, nats
 
 
+EMBEDDED = "embedded:chatterbot-preference"  # its held-out split (llmkit.data.examples)
+
+
 def is_preference_file(path: str | Path) -> bool:
-    """A JSONL whose first row has prompt/chosen/rejected fields."""
+    """The embedded pairs, or a JSONL whose first row has prompt/chosen/rejected fields."""
     from llmkit.io.files import read_records
 
+    if str(path) == EMBEDDED:
+        return True
     p = Path(path)
     if p.suffix.lower() not in (".jsonl", ".json") or not p.is_file():
         return False
@@ -47,10 +52,15 @@ def is_preference_file(path: str | Path) -> bool:
 
 
 def read_preference_pairs(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    from llmkit.data.examples import EMBEDDED_ROWS
     from llmkit.io.files import read_records
 
+    if str(path) == EMBEDDED:  # the held-out split: questions no preference run trained on
+        records = [(f"{EMBEDDED} row {i}", r) for i, r in enumerate(EMBEDDED_ROWS[EMBEDDED]()[1])]
+    else:
+        records = list(read_records(path))
     rows = []
-    for where, r in read_records(path):
+    for where, r in records:
         missing = [k for k in PAIR_FIELDS if r.get(k) in (None, "", [])]
         if missing:
             raise UsageError(f"{where}: missing {', '.join(missing)}")
