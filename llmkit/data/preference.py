@@ -55,8 +55,8 @@ def build_preference_data(recipe: Any, tokenizer: Any, method: str) -> Preferenc
             shown.append(f"... and {len(problems) - MAX_LISTED} more problems")
         raise UsageError(shown[0], problems=shown)
     d, p = recipe.data, recipe.preference
-    # The held-out pairs as written (text or messages), for validation.jsonl: `llmkit eval
-    # --model RUN` renders them again for whichever model it scores.
+    # The held-out pairs as written (text or messages), for validation.jsonl: `llmkit eval`
+    # of the run renders them again for whichever model it scores.
     paired = [
         {
             "prompt": r[d.prompt_column],

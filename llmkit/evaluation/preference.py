@@ -8,7 +8,7 @@ For each pair the model scores both answers by their summed log-probability give
     margin     = mean of margin_i
 
 No reference model is needed, so base, SFT and DPO models compare on the same pairs and
-the same scale; per-pair values feed `llmkit eval --model-b`'s paired bootstrap. Prompts and
+the same scale; per-pair values feed the A/B comparison's paired bootstrap. Prompts and
 answers are rendered as in training (llmkit.data.preference.render): through the chat
 template when the model's task card says chat (or it has a template and no card), else as
 plain text with EOS after the answer, as TRL appends it.
@@ -171,7 +171,7 @@ def preference_report(
     batch_size: int,
     load: Callable[[str], Any],
 ) -> Any:
-    """`llmkit eval --data pairs.jsonl`: each model's preference accuracy and margin."""
+    """`llmkit eval` on a preference file: each model's preference accuracy and margin."""
     from llmkit.evaluation.report import Report
 
     systems = [

@@ -324,7 +324,7 @@ def read_text_set(paths: list[Path]) -> tuple[TextSet, str | None]:
     runs = [p for p in paths if p.is_dir()]
     if runs:
         if len(paths) > 1:
-            raise UsageError("--text: give one run folder, or text files, not both")
+            raise UsageError("perplexity text: give one run folder, or text files, not both")
         return run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
     texts = [read_document(path) for path in paths]
     total = sum(len(t) for t in texts)
