@@ -81,6 +81,8 @@ def test_each_method_gets_trl_defaults_field_by_field(tmp_path: Path) -> None:
     assert recipe("preference.beta=0.5").preference.beta == 0.5
     with pytest.raises(UsageError, match="kto needs 2 or more"):
         recipe("preference.method=kto", "train.batch_size=1")
+    with pytest.raises(UsageError, match="kto reports no rewards/accuracies"):
+        recipe("preference.method=kto", "eval.metric_for_best_model=rewards/accuracies")
     with pytest.raises(UsageError, match="not reported for task preference"):
         recipe("eval.metric_for_best_model=bleu")
 

@@ -301,6 +301,12 @@ class FinetuneRecipe(RecipeBase):
         if self.task == "preference":
             if self.preference.beta is None:
                 self.preference.beta = METHOD_BETA[self.preference.method]
+            metric = self.eval.metric_for_best_model.removeprefix("eval_")
+            if self.preference.method == "kto" and metric == "rewards/accuracies":
+                problems.append(
+                    "eval.metric_for_best_model: kto reports no rewards/accuracies (its rows "
+                    "are unpaired; valid: loss, rewards/margins)"
+                )
             if self.preference.method == "kto" and self.train.batch_size < 2:
                 # TRL's KTO estimates its KL term from mismatched pairs within a batch.
                 problems.append("train.batch_size: kto needs 2 or more (its KL term pairs rows)")
