@@ -22,7 +22,7 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import harness, modules, score
+from llmkit.evaluation import harness, modules, preference, score
 from llmkit.evaluation.metrics import parse_metric_names
 from llmkit.evaluation.report import (
     EVAL,
@@ -37,7 +37,7 @@ from llmkit.evaluation.report import (
 from llmkit.evaluation.systems import generate_and_score, load_system, model_refs
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
-from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
+from llmkit.io.files import field_texts, is_table, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON, writer_lock
 from llmkit.io.write import check_output, owner_kind
 from llmkit.models.load import folder_kind
@@ -204,6 +204,8 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 
 def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
     refs = model_refs(req)
+    if req.data is not None and preference.is_preference_file(req.data):  # prompt/chosen/rejected
+        return preference.preference_report(refs, Path(req.data), req.limit, req.batch_size, load_system)
     if any(folder_kind(ref) == "classifier" for _, ref in refs):
         return eval_classifiers(req, refs)
     sources, targets, desc = read_pairs(req)
@@ -291,7 +293,7 @@ def _pair_fields(first: tuple[str, dict[str, object]], req: EvalRequest) -> tupl
 
 
 def eval_text(req: EvalRequest) -> Report:
-    text_set, run_model = read_text_set(req.text or [])
+    text_set, run_model = score.read_text_set(req.text or [])
     refs = [("A", req.model or run_model or score.default_model_ref(req.runs_root))]
     if req.model_b:
         refs.append(("B", req.model_b))
@@ -302,19 +304,6 @@ def eval_text(req: EvalRequest) -> Report:
         score.measure_perplexity(system, loaded, text_set, req.max_length, req.stride)
         systems.append(system)
     return Report("text", systems, data={"text": text_set.description})
-
-
-def read_text_set(paths: list[Path]) -> tuple[score.TextSet, str | None]:
-    """Text files (each one document), or one run folder (its validation blocks)."""
-    runs = [p for p in paths if p.is_dir()]
-    if runs:
-        if len(paths) > 1:
-            raise UsageError("--text: give one run folder, or text files, not both")
-        return score.run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
-    texts = [read_document(path) for path in paths]
-    total = sum(len(t) for t in texts)
-    desc = f"{len(paths)} file(s), {total:,} characters: {', '.join(map(str, paths))}"
-    return score.TextSet(desc, texts), None
 
 
 # --- mode 4: benchmarks (llmkit.evaluation.harness) ----------------------------------------

@@ -81,6 +81,11 @@ def setup(
         check_finished(run, t)  # "already finished at step N": exit 0 before any loading
     metric = recipe.eval.metric_for_best_model.removeprefix("eval_")
     load_best = t.eval_every is not None
+    if recipe.task == "preference":  # TRL's config class and fields (llmkit.train.preference)
+        from llmkit.train.preference import method_arguments, trl_classes
+
+        cls = trl_classes(recipe.preference.method)[0]
+        args_overrides = {"args_cls": cls, **method_arguments(recipe), **args_overrides}
     args = training_arguments(
         t,
         run.path,
@@ -99,6 +104,12 @@ def setup(
         tokenizer = load_tokenizer(
             recipe.tokenizer_ref, trust_remote_code=recipe.model.trust_remote_code
         )
+    if recipe.task == "preference":
+        from llmkit.train.preference import setup_preference
+
+        trainer, pdata = setup_preference(recipe, run, args, tokenizer, resume, overwrite)
+        return FinetuneJob(recipe, run, trainer, pdata, resume, main)
+    with args.main_process_first(desc="data"):
         seq2seq = is_seq2seq(recipe)
         data = build_data(recipe, tokenizer, seq2seq=seq2seq)
     interrupt.check()  # phase boundaries: a Ctrl-C whose exception a library lost stops here
@@ -236,7 +247,9 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
 
 def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
     """eval_* numbers from an evaluate() dict, named without the prefix; loss gets perplexity."""
-    skip = ("runtime", "samples_per_second", "steps_per_second", "epoch", "perplexity")
+    skip: tuple[str, ...] = ("runtime", "samples_per_second", "steps_per_second", "epoch")
+    # "perplexity" is added below; TRL's own: a timing and a token count
+    skip += ("perplexity", "preparation_time", "num_tokens")
     out = {
         k.removeprefix("eval_"): v
         for k, v in metrics.items()
@@ -244,5 +257,6 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
     }
     if "loss" in out:
         out = {"eval_loss": out.pop("loss"), **out}
-        out["eval_perplexity"] = perplexity(out["eval_loss"])
+        if "rewards/margins" not in out and "kl" not in out:  # a preference loss is no NLL
+            out["eval_perplexity"] = perplexity(out["eval_loss"])
     return out

@@ -7,6 +7,7 @@ section is the same `TrainConfig`, so `training_arguments` and `build_trainer` a
     task: sft              causal LM on text / prompt-completion / alpaca / chat data
     task: classification   AutoModelForSequenceClassification (BERT) on text + label columns
     task: text2text        source -> target through a prompt template, scored with BLEU/ROUGE
+    task: preference       DPO / IPO / ORPO / CPO / SimPO / KTO on preference rows (TRL)
 """
 
 from __future__ import annotations
@@ -20,19 +21,31 @@ from llmkit.config.decoding import MAX_NEW_TOKENS
 from llmkit.config.recipe import RecipeBase, RunName, TrainConfig, ValidationSplit
 from llmkit.evaluation.text import BleuTokenize, RougeTokenize
 
-FinetuneTask = Literal["sft", "classification", "text2text"]
+FinetuneTask = Literal["sft", "classification", "text2text", "preference"]
 DataFormat = Literal["text", "prompt_completion", "alpaca", "chat"]
 # Metrics the evaluation can report, by task; `metric_for_best_model` must be one of them.
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sft": ("loss",),
     "classification": ("loss", "accuracy", "macro_f1"),
     "text2text": ("loss", "bleu", "chrf", "rouge1", "rouge2", "rougeL"),
+    # TRL's reward metrics, logged as rewards/accuracies etc. (KTO logs no accuracy).
+    "preference": ("loss", "rewards/accuracies", "rewards/margins"),
 }
 DEFAULT_INIT = {
     "sft": "embedded:smollm2",
     "text2text": "embedded:smollm2",
     "classification": "embedded:minilm",
+    "preference": "embedded:smollm2",
 }
+PreferenceMethod = Literal["dpo", "ipo", "orpo", "cpo", "simpo", "kto"]
+# Each method's beta where the recipe sets none: TRL 1.16's config default (DPOConfig,
+# ORPOConfig, CPOConfig, KTOConfig: 0.1), except SimPO, whose paper (Meng et al. 2024, table 7)
+# tunes beta in 2.0-2.5 with gamma/beta = 0.5-0.8: 2.0 here, simpo_gamma 1.0.
+METHOD_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "cpo": 0.1, "simpo": 2.0, "kto": 0.1}
+# train.lr where the recipe sets none: TRL's config default for full fine-tuning (1e-6 in all
+# four configs); under LoRA 10x that, as TRL's own DPO script docs do (trl/scripts/dpo.py:
+# 5e-7 full, 5e-6 with --use_peft).
+PREFERENCE_LR = {"full": 1.0e-6, "lora": 1.0e-5}
 
 
 class FinetuneDataConfig(Section):
@@ -110,6 +123,37 @@ class ScratchModelConfig(Section):
                 f"d_model {self.d_model} must be a multiple of num_heads {self.num_heads}"
             )
         return self
+
+
+class PreferenceSection(Section):
+    """Preference tuning (task: preference) through TRL's trainers."""
+
+    method: PreferenceMethod = Field(
+        "dpo",
+        description="dpo (DPOTrainer), ipo (DPO with loss_type ipo), orpo (ORPOTrainer: no "
+        "reference model), cpo, simpo (CPOTrainer with loss_type simpo, no SFT term), kto "
+        "(KTOTrainer: unpaired desirable/undesirable rows; pairs are split into two rows).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="Strength of the pull toward the reference (ORPO: the odds-ratio weight "
+        "lambda). Default: TRL's, 0.1; simpo 2.0.",
+    )
+    loss_type: str | None = Field(
+        None,
+        description="TRL's loss variant: dpo/ipo: sigmoid, hinge, ipo, robust, bco_pair, "
+        "sppo_hard, nca_pair, apo_zero, apo_down, sigmoid_norm, ...; cpo: sigmoid, hinge, "
+        "ipo, simpo; kto: kto, apo_zero_unpaired. Default: the method's own.",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="dpo robust / cpo: probability a label is flipped."
+    )
+    simpo_gamma: float = Field(1.0, description="simpo: the target reward margin gamma.")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable rows.")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable rows.")
+    chosen_column: str = Field("chosen", description="Preferred answer (text or messages).")
+    rejected_column: str = Field("rejected", description="Dispreferred answer.")
 
 
 class FinetuneModelConfig(Section):
@@ -221,8 +265,23 @@ class FinetuneRecipe(RecipeBase):
         description="Concatenate each batch into one row with position ids restarting per "
         "example: no padding, and attention never crosses examples.",
     )
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_train_defaults(cls, data: Any) -> Any:
+        """RecipeBase's field-by-field train defaults, plus preference tuning's learning rate
+        (TRL's, by LoRA or full) where the recipe sets none."""
+        if not isinstance(data, dict) or not isinstance(data.get("train") or {}, dict):
+            return data
+        defaults = dict(cls.TRAIN_DEFAULTS)
+        if data.get("task") == "preference":
+            lora = data.get("lora") or {}
+            full = isinstance(lora, dict) and lora.get("enabled") is False
+            defaults["lr"] = PREFERENCE_LR["full" if full else "lora"]
+        return {**data, "train": {**defaults, **(data.get("train") or {})}}
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneRecipe:
@@ -237,8 +296,20 @@ class FinetuneRecipe(RecipeBase):
             )
         if self.qlora and not self.lora.enabled:
             problems.append("qlora: 4-bit weights cannot be trained; set lora.enabled: true")
-        if self.packing and self.task == "classification":
-            problems.append("packing: only for sft and text2text (classification pads)")
+        if self.packing and self.task in ("classification", "preference"):
+            problems.append("packing: only for sft and text2text (this task pads)")
+        if self.task == "preference":
+            if self.preference.beta is None:
+                self.preference.beta = METHOD_BETA[self.preference.method]
+            metric = self.eval.metric_for_best_model.removeprefix("eval_")
+            if self.preference.method == "kto" and metric == "rewards/accuracies":
+                problems.append(
+                    "eval.metric_for_best_model: kto reports no rewards/accuracies (its rows "
+                    "are unpaired; valid: loss, rewards/margins)"
+                )
+            if self.preference.method == "kto" and self.train.batch_size < 2:
+                # TRL's KTO estimates its KL term from mismatched pairs within a batch.
+                problems.append("train.batch_size: kto needs 2 or more (its KL term pairs rows)")
         if self.model.scratch is not None:
             if self.task != "text2text":
                 problems.append("model.scratch: builds an encoder-decoder, for task text2text")

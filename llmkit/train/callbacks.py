@@ -113,6 +113,9 @@ EVAL_METRICS = {
     "bleu": "BLEU {:.1f}",
     "rougeL": "ROUGE-L {:.1f}",
     "generation_seconds": "answers {:.1f}s",
+    # TRL's preference metrics (implicit rewards: beta x log-ratio to the reference)
+    "rewards/accuracies": "reward accuracy {:.3f}",
+    "rewards/margins": "reward margin {:.3f}",
 }
 
 
