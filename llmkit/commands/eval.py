@@ -205,7 +205,9 @@ def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: 
 def eval_generation(req: EvalRequest, names: list[str], out_dir: Path) -> Report:
     refs = model_refs(req)
     if req.data is not None and preference.is_preference_file(req.data):  # prompt/chosen/rejected
-        return preference.preference_report(refs, Path(req.data), req.limit, req.batch_size, load_system)
+        return preference.preference_report(
+            refs, Path(req.data), req.limit, req.batch_size, load_system
+        )
     if any(folder_kind(ref) == "classifier" for _, ref in refs):
         return eval_classifiers(req, refs)
     sources, targets, desc = read_pairs(req)
