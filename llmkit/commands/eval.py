@@ -35,7 +35,7 @@ from llmkit.evaluation.report import (
 )
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
-from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
+from llmkit.io.files import field_texts, is_table, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON, writer_lock
 from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
@@ -338,7 +338,7 @@ def _pair_fields(first: tuple[str, dict[str, object]], req: EvalRequest) -> tupl
 
 
 def eval_text(req: EvalRequest) -> Report:
-    text_set, run_model = read_text_set(req.text or [])
+    text_set, run_model = score.read_text_set(req.text or [])
     refs = [("A", req.model or run_model or score.default_model_ref(req.runs_root))]
     if req.model_b:
         refs.append(("B", req.model_b))
@@ -349,19 +349,6 @@ def eval_text(req: EvalRequest) -> Report:
         score.measure_perplexity(system, loaded, text_set, req.max_length, req.stride)
         systems.append(system)
     return Report("text", systems, data={"text": text_set.description})
-
-
-def read_text_set(paths: list[Path]) -> tuple[score.TextSet, str | None]:
-    """Text files (each one document), or one run folder (its validation blocks)."""
-    runs = [p for p in paths if p.is_dir()]
-    if runs:
-        if len(paths) > 1:
-            raise UsageError("--text: give one run folder, or text files, not both")
-        return score.run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
-    texts = [read_document(path) for path in paths]
-    total = sum(len(t) for t in texts)
-    desc = f"{len(paths)} file(s), {total:,} characters: {', '.join(map(str, paths))}"
-    return score.TextSet(desc, texts), None
 
 
 # --- mode 4: the default suite -----------------------------------------------------------------
