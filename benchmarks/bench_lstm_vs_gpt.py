@@ -3,6 +3,7 @@
     python benchmarks/bench_lstm_vs_gpt.py                    # both recipes as shipped (600 steps)
     python benchmarks/bench_lstm_vs_gpt.py --max-steps 150    # a quarter of the budget
     python benchmarks/bench_lstm_vs_gpt.py --tiny             # smoke test, seconds
+    python benchmarks/bench_lstm_vs_gpt.py --max-steps 60 --set data.max_eval_blocks=64
 
 Runs `llmkit pretrain lstm-shakespeare` and `llmkit pretrain gpt-shakespeare` one after the
 other, as a user would (subprocesses), with the same --max-steps: the two recipes differ only in
@@ -44,8 +45,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="8 steps on the 40 KB excerpt")
+    parser.add_argument("--set", action="append", default=[], help="a recipe override for both")
     args = parser.parse_args()
     extra = ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    extra += [x for value in args.set for x in ("--set", value)]
     if args.tiny:
         extra = [
             "--max-steps", "8",

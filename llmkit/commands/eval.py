@@ -4,6 +4,7 @@ The options pick the mode:
     --preds P [--refs R] [--preds-b P2]      score files (no model)
     --model M --data D [--model-b M2]        generate on a dataset, then score
     --model M --text FILE [--model-b M2]     perplexity, sliding window and per document
+    --model BERT_RUN [--text FILE]           pseudo-perplexity, masked accuracy (masked LMs)
     (none of those)                          the default suite on embedded held-out data
 
 Flow: check options, files and the output folder (cheap, before any model loads) -> score one
@@ -21,7 +22,7 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import score
+from llmkit.evaluation import masked, score
 from llmkit.evaluation.metrics import parse_metric_names
 from llmkit.evaluation.report import (
     EVAL,
@@ -59,6 +60,7 @@ def run_eval(req: EvalRequest) -> Path:
             eval_predictions(req, names) if mode == "preds"
             else eval_generation(req, names, out_dir) if mode == "generate"
             else eval_text(req) if mode == "text"
+            else masked.eval_masked(_model_refs(req), req.text, req.max_length) if mode == "masked"
             else eval_default_suite(req, names, out_dir)
         )  # fmt: skip
         if len(report.systems) == 2:
@@ -92,6 +94,8 @@ def pick_mode(req: EvalRequest) -> str:
         raise UsageError("give --data (generate and score) or --text (perplexity), not both")
     if req.data is not None:
         return "generate"
+    if req.model is not None and folder_kind(req.model) == "masked":  # BERT: pseudo-perplexity
+        return "masked"
     if req.text:
         return "text"
     return "default"
