@@ -24,6 +24,7 @@ from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
 from llmkit.evaluation import masked, score
 from llmkit.evaluation.metrics import parse_metric_names
+from llmkit.evaluation.pairs import check_counts
 from llmkit.evaluation.report import (
     EVAL,
     EVAL_FILES,
@@ -36,7 +37,7 @@ from llmkit.evaluation.report import (
 )
 from llmkit.inference.resumable import check_resumable
 from llmkit.io.console import note
-from llmkit.io.files import field_texts, is_table, read_records, read_texts
+from llmkit.io.files import field_texts, is_table, read_document, read_records, read_texts
 from llmkit.io.runs import METRICS_JSON, writer_lock
 from llmkit.io.write import check_output, mark_owned, owner_kind
 from llmkit.models.card import prompt_format_for
@@ -200,7 +201,7 @@ def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
     systems = [score.score_texts("A", str(req.preds), preds, refs, names, tokenize)]
     if req.preds_b is not None:
         preds_b = _read_preds(req.preds_b, req)
-        _check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
+        check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
         systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names, tokenize))
     data = {"references": refs_name, "examples": len(refs)}
     return Report("preds", systems, data=data)
@@ -238,16 +239,8 @@ def _read_preds_and_refs(req: EvalRequest, preds_path: Path) -> tuple[list[str],
         blank_lines="keep",
         hint="pick one with --ref-field",
     ).texts
-    _check_counts(preds_path, len(preds), str(refs_path), len(refs))
+    check_counts(preds_path, len(preds), str(refs_path), len(refs))
     return preds, refs, str(refs_path)
-
-
-def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: int) -> None:
-    if n_preds != n_refs:
-        raise UsageError(
-            f"{preds_path} has {n_preds} predictions but {refs_name} has {n_refs} references "
-            "(they pair up line by line)"
-        )
 
 
 # --- mode 2: generate, then score --------------------------------------------------------------
@@ -342,7 +335,7 @@ def _pair_fields(first: tuple[str, dict[str, object]], req: EvalRequest) -> tupl
 
 
 def eval_text(req: EvalRequest) -> Report:
-    text_set, run_model = score.read_text_set(req.text or [])
+    text_set, run_model = read_text_set(req.text or [])
     refs = [("A", req.model or run_model or score.default_model_ref(req.runs_root))]
     if req.model_b:
         refs.append(("B", req.model_b))
@@ -353,6 +346,19 @@ def eval_text(req: EvalRequest) -> Report:
         score.measure_perplexity(system, loaded, text_set, req.max_length, req.stride)
         systems.append(system)
     return Report("text", systems, data={"text": text_set.description})
+
+
+def read_text_set(paths: list[Path]) -> tuple[score.TextSet, str | None]:
+    """Text files (each one document), or one run folder (its validation blocks)."""
+    runs = [p for p in paths if p.is_dir()]
+    if runs:
+        if len(paths) > 1:
+            raise UsageError("--text: give one run folder, or text files, not both")
+        return score.run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
+    texts = [read_document(path) for path in paths]
+    total = sum(len(t) for t in texts)
+    desc = f"{len(paths)} file(s), {total:,} characters: {', '.join(map(str, paths))}"
+    return score.TextSet(desc, texts), None
 
 
 # --- mode 4: the default suite -----------------------------------------------------------------

@@ -131,7 +131,7 @@ def run_rows(run_path: Path, cap_tokens: int) -> tuple[list[list[int]], str]:
 
     recipe_file = RunDir(run_path).recipe_file
     if not recipe_file.exists():
-        raise UsageError(f"{run_path}: give text files with --text (the model has no recipe.yaml)")
+        raise UsageError(f"{run_path} has no recipe.yaml: score the model on text files instead")
     try:
         recipe = load_recipe(PretrainRecipe, recipe_file)
     except UsageError:
@@ -152,8 +152,8 @@ def run_rows(run_path: Path, cap_tokens: int) -> tuple[list[list[int]], str]:
 def eval_masked(
     refs: list[tuple[str, str]], texts: list[Path] | None, max_length: int | None
 ) -> Report:
-    """`llmkit eval --model BERT_RUN [--text FILE...] [--model-b ...]`: PPPL and masked
-    accuracy of each model on the same rows."""
+    """`llmkit eval` of one or two masked LMs: PPPL and masked accuracy of each on the same
+    rows: the text files' lines, else the first model's run validation split."""
     from llmkit.models.card import require_kind
     from llmkit.models.load import folder_kind, load_masked_lm
 
@@ -165,7 +165,7 @@ def eval_masked(
         limit = min(max_length or 512, model.config.max_position_embeddings)
         if texts:
             if any(p.is_dir() for p in texts):
-                raise UsageError("--text: give text files for a masked LM (one sentence a line)")
+                raise UsageError("a masked LM is scored on text files (one sentence a line)")
             docs = [read_document(p) for p in texts]
             rows = text_rows(tokenizer, docs, limit)
             desc = f"{len(texts)} file(s), one sentence a line: {', '.join(map(str, texts))}"

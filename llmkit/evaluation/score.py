@@ -18,7 +18,6 @@ from llmkit.evaluation import metrics, perplexity
 from llmkit.evaluation.pairs import check_pairs
 from llmkit.evaluation.report import SystemScores
 from llmkit.evaluation.text import scheme_for
-from llmkit.io.files import read_document
 from llmkit.io.runs import VALIDATION_JSONL, RunDir, latest_run
 from llmkit.models.card import PromptFormat, TaskCard, model_kind, read_card
 from llmkit.models.load import DEFAULT_CAUSAL_LM, LoadedModel
@@ -226,19 +225,6 @@ def run_validation_blocks(run_path: Path, cap_tokens: int | None) -> TextSet:
         f"{validation.shape[1]} tokens",
         blocks=blocks,
     )
-
-
-def read_text_set(paths: list[Path]) -> tuple[TextSet, str | None]:
-    """Text files (each one document), or one run folder (its validation blocks)."""
-    runs = [p for p in paths if p.is_dir()]
-    if runs:
-        if len(paths) > 1:
-            raise UsageError("--text: give one run folder, or text files, not both")
-        return run_validation_blocks(runs[0], cap_tokens=None), str(runs[0])
-    texts = [read_document(path) for path in paths]
-    total = sum(len(t) for t in texts)
-    desc = f"{len(paths)} file(s), {total:,} characters: {', '.join(map(str, paths))}"
-    return TextSet(desc, texts), None
 
 
 def measure_perplexity(

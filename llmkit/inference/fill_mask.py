@@ -1,6 +1,6 @@
 """Fill `[MASK]` with a masked LM (BERT): the top-k tokens and their probabilities per mask.
 
-`llmkit generate --model BERT_RUN "to be or not to [MASK] ."` prints, for each mask, its k
+`llmkit generate` on a BERT run, prompt "to be or not to [MASK] .", prints for each mask its k
 most likely tokens. Several masks in one prompt are predicted together in one forward pass,
 each from the others still masked (BERT's own training setup), not one after another.
 """
