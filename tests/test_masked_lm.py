@@ -186,3 +186,12 @@ def test_a_bert_run_gets_a_pseudo_perplexity_and_fills_a_mask(tmp_path: Path) ->
     filled = run_cli("generate", "--model", str(run), "to be or not to [MASK] .", cwd=tmp_path)
     assert filled.returncode == 0, filled.stderr[-2000:]
     assert filled.stdout.startswith("[MASK]:")
+
+
+def test_a_masked_lm_without_a_run_or_text_is_one_error_line(mlm_dir: Path, tmp_path: Path) -> None:
+    out = run_cli("eval", "--model", str(mlm_dir), "--output-dir", "ev", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"error: {mlm_dir} has no recipe.yaml: score the model on text files instead"
+    ]
+    assert not (tmp_path / "ev" / "metrics.json").exists()

@@ -157,20 +157,24 @@ def eval_masked(
     from llmkit.models.card import require_kind
     from llmkit.models.load import folder_kind, load_masked_lm
 
-    systems, desc = [], ""
-    for label, ref in refs:
+    for _, ref in refs:
         require_kind(ref, folder_kind(ref), ("masked",), "pseudo-perplexity")
+    # Everything that can fail on the inputs fails before a model loads.
+    if texts:
+        if any(p.is_dir() for p in texts):
+            raise UsageError("a masked LM is scored on text files (one sentence a line)")
+        docs = [read_document(p) for p in texts]
+        desc = f"{len(texts)} file(s), one sentence a line: {', '.join(map(str, texts))}"
+    elif len(refs) > 1:  # a run's blocks are ids of its own tokenizer only
+        raise UsageError("two masked LMs are compared on text files, not on a run's blocks")
+    else:
+        run_ids, desc = run_rows(Path(refs[0][1]), RUN_VALIDATION_TOKENS)
+    systems = []
+    for label, ref in refs:
         model, tokenizer, description = load_masked_lm(ref)
         note(f"model: {description}")
         limit = min(max_length or 512, model.config.max_position_embeddings)
-        if texts:
-            if any(p.is_dir() for p in texts):
-                raise UsageError("a masked LM is scored on text files (one sentence a line)")
-            docs = [read_document(p) for p in texts]
-            rows = text_rows(tokenizer, docs, limit)
-            desc = f"{len(texts)} file(s), one sentence a line: {', '.join(map(str, texts))}"
-        else:
-            rows, desc = run_rows(Path(refs[0][1]), RUN_VALIDATION_TOKENS)
+        rows = text_rows(tokenizer, docs, limit) if texts else run_ids
         start = time.perf_counter()
         scores = score_rows(model, tokenizer, rows)
         system = SystemScores(label, description)
