@@ -5,6 +5,7 @@ The options pick the mode:
     --model M --data D [--model-b M2]        generate on a dataset, then score
     --model M --text FILE [--model-b M2]     perplexity, sliding window and per document
     --model M --tasks NAMES [--model-b M2]   benchmarks through lm-evaluation-harness
+    --model BERT_RUN [--text FILE]           pseudo-perplexity, masked accuracy (masked LMs)
     (none of those)                          the default suite on embedded held-out data
 
 Flow: check options, files and the output folder (cheap, before any model loads) -> score one
@@ -22,8 +23,9 @@ from typing import Any
 
 from llmkit.config.requests import EvalRequest
 from llmkit.errors import UsageError
-from llmkit.evaluation import harness, modules, preference, score
+from llmkit.evaluation import harness, masked, modules, preference, score
 from llmkit.evaluation.metrics import parse_metric_names
+from llmkit.evaluation.pairs import check_counts
 from llmkit.evaluation.report import (
     EVAL,
     EVAL_FILES,
@@ -64,6 +66,7 @@ def run_eval(req: EvalRequest) -> Path:
             else eval_generation(req, names, out_dir) if mode == "generate"
             else eval_text(req) if mode == "text"
             else eval_tasks(req, out_dir) if mode == "tasks"
+            else masked.eval_masked(model_refs(req), req.text, req.max_length) if mode == "masked"
             else eval_default_suite(req, names, out_dir)
         )  # fmt: skip
         if len(report.systems) == 2:
@@ -99,6 +102,8 @@ def pick_mode(req: EvalRequest) -> str:
         return "tasks"
     if req.data is not None:
         return "generate"
+    if req.model is not None and folder_kind(req.model) == "masked":  # BERT: pseudo-perplexity
+        return "masked"
     if req.text:
         return "text"
     return "default"
@@ -148,7 +153,7 @@ def eval_predictions(req: EvalRequest, names: list[str]) -> Report:
     modules.add_scores(systems[0], req.metric or [], preds, refs)
     if req.preds_b is not None:
         preds_b = _read_preds(req.preds_b, req)
-        _check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
+        check_counts(req.preds_b, len(preds_b), refs_name, len(refs))
         systems.append(score.score_texts("B", str(req.preds_b), preds_b, refs, names, tokenize))
         modules.add_scores(systems[1], req.metric or [], preds_b, refs)
     data = {"references": refs_name, "examples": len(refs)}
@@ -187,16 +192,8 @@ def _read_preds_and_refs(req: EvalRequest, preds_path: Path) -> tuple[list[str],
         blank_lines="keep",
         hint="pick one with --ref-field",
     ).texts
-    _check_counts(preds_path, len(preds), str(refs_path), len(refs))
+    check_counts(preds_path, len(preds), str(refs_path), len(refs))
     return preds, refs, str(refs_path)
-
-
-def _check_counts(preds_path: Path | str, n_preds: int, refs_name: str, n_refs: int) -> None:
-    if n_preds != n_refs:
-        raise UsageError(
-            f"{preds_path} has {n_preds} predictions but {refs_name} has {n_refs} references "
-            "(they pair up line by line)"
-        )
 
 
 # --- mode 2: generate, then score --------------------------------------------------------------

@@ -22,7 +22,7 @@ from llmkit.io.files import read_stdin, read_texts
 from llmkit.io.runs import hold_writer_lock
 from llmkit.io.write import check_output
 from llmkit.models.card import RAW, PromptFormat, prompt_format_for
-from llmkit.models.load import LoadedModel
+from llmkit.models.load import LoadedModel, folder_kind
 
 DEFAULT_PROMPT = "Once upon a time"
 
@@ -31,8 +31,10 @@ def run_generate(req: GenerateRequest) -> None:
     """Validate everything cheap first, then load the model once and generate."""
     from llmkit.models.load import DEFAULT_CAUSAL_LM, load_generator
 
-    options = layered(req.recipe, req.decoding())
     prompts, records = _collect_prompts(req)
+    if req.model is not None and folder_kind(req.model) == "masked":
+        return _fill_masks(req, prompts, records)
+    options = layered(req.recipe, req.decoding())
     _check_modes(req, options)
     if req.output is not None:
         check_output(req.output, [req.input, req.recipe], overwrite=req.overwrite)
@@ -51,6 +53,35 @@ def run_generate(req: GenerateRequest) -> None:
         _generate_one(job, prompts[0], options, req)
     else:
         _generate_file(job, prompts, records, options, req)
+
+
+def _fill_masks(req: GenerateRequest, prompts: list[str], records: list[dict[str, Any]]) -> None:
+    """A masked LM (a BERT run) fills each [MASK] with its top-k tokens instead of continuing
+    the prompt: a line per mask, or with --input/--json one JSON object per prompt."""
+    from llmkit.inference.fill_mask import (
+        DEFAULT_TOP_K,
+        fill_masks,
+        fills_json,
+        fills_text,
+        masked_prompt,
+    )
+    from llmkit.models.load import load_masked_lm, load_tokenizer
+
+    if req.output is not None or req.stream or req.resume:
+        raise UsageError("a masked LM fills [MASK] on stdout: drop --output/--stream/--resume")
+    assert req.model is not None
+    words = load_tokenizer(req.model)
+    for prompt in prompts:  # every prompt checked before the model loads
+        masked_prompt(words, prompt)
+    model, tokenizer, description = load_masked_lm(req.model)
+    note(f"model: {description}")
+    k = req.top_k or DEFAULT_TOP_K
+    fills = [fill_masks(model, tokenizer, p, k) for p in prompts]  # all filled, then printed
+    for record, filled in zip(records, fills, strict=True):
+        if req.input is not None or req.json_:
+            print(json.dumps({**record, "fills": fills_json(filled)}, ensure_ascii=False))
+        else:
+            print(fills_text(filled))
 
 
 @dataclass(frozen=True)

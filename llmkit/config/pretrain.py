@@ -16,8 +16,8 @@ from llmkit.config.base import Section
 from llmkit.config.recipe import RecipeBase, TrainConfig, ValidationSplit
 
 Task = Literal["causal_lm", "masked_lm"]
-Arch = Literal["gpt2", "llama", "bert"]
-CAUSAL_ARCHS: tuple[Arch, ...] = ("gpt2", "llama")
+Arch = Literal["gpt2", "llama", "bert", "lstm"]
+CAUSAL_ARCHS: tuple[Arch, ...] = ("gpt2", "llama", "lstm")
 
 
 class DataConfig(Section):
@@ -105,21 +105,37 @@ SET_BY_LLMKIT: dict[str, dict[str, str]] = {
         "attention_probs_dropout_prob": "model.dropout",
         "pad_token_id": "the tokenizer",
     },
+    "lstm": {
+        "vocab_size": "the tokenizer",
+        "hidden_size": "model.hidden_size",
+        "num_hidden_layers": "model.num_layers",
+        "dropout": "model.dropout",
+        "bos_token_id": "the tokenizer",
+        "eos_token_id": "the tokenizer",
+    },
 }
 
 
 class ModelConfig(Section):
     """The network: built from a config (sizes below) or continued from a checkpoint."""
 
-    arch: Arch = Field("gpt2", description="Model family: gpt2 or llama (causal), bert (masked).")
+    arch: Arch = Field(
+        "gpt2",
+        description="Model family: gpt2, llama or lstm (causal; lstm: Embedding -> LSTM -> "
+        "Linear, llmkit.models.lstm), bert (masked).",
+    )
     init: str | None = Field(
         None,
         description="Continue from this model folder / run / hub name instead of building from "
         "the sizes below.",
     )
-    hidden_size: int = Field(256, ge=8, description="Width of the residual stream.")
-    num_layers: int = Field(4, ge=1, description="Transformer blocks.")
-    num_heads: int = Field(4, ge=1, description="Attention heads (must divide hidden_size).")
+    hidden_size: int = Field(
+        256, ge=8, description="Width of the residual stream (lstm: embedding and LSTM state)."
+    )
+    num_layers: int = Field(4, ge=1, description="Transformer blocks (lstm: stacked LSTM layers).")
+    num_heads: int = Field(
+        4, ge=1, description="Attention heads (must divide hidden_size; lstm: unused)."
+    )
     num_kv_heads: int | None = Field(
         None, ge=1, description="Key/value heads for grouped-query attention (llama only)."
     )
@@ -150,7 +166,7 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
-        if self.init is None and self.hidden_size % self.num_heads:
+        if self.init is None and self.arch != "lstm" and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"num_heads: {self.num_heads} does not divide hidden_size {self.hidden_size}"
             )
@@ -200,11 +216,15 @@ class PretrainRecipe(RecipeBase):
         if self.model.init is None:
             if self.task == "causal_lm" and self.model.arch not in CAUSAL_ARCHS:
                 problems.append(
-                    f"model.arch: '{self.model.arch}' is not a causal LM (valid: gpt2, llama)"
+                    f"model.arch: '{self.model.arch}' is not a causal LM (valid: gpt2, llama, lstm)"
                 )
             if self.task == "masked_lm" and self.model.arch != "bert":
                 problems.append(f"model.arch: '{self.model.arch}' is not a masked LM (valid: bert)")
-            if self.data.block_size > self.model.max_position_embeddings:
+            # An LSTM has no position table: any block length fits.
+            if (
+                self.model.arch != "lstm"
+                and self.data.block_size > self.model.max_position_embeddings
+            ):
                 problems.append(
                     f"data.block_size: {self.data.block_size} exceeds "
                     f"model.max_position_embeddings {self.model.max_position_embeddings}"

@@ -42,8 +42,10 @@ DISPLAY = {
     "avg_length": "avg length",
     "perplexity_sliding": "perplexity (sliding)",
     "perplexity_per_document": "perplexity (per document)",
+    "pseudo_perplexity": "pseudo-perplexity",
+    "masked_accuracy": "masked accuracy",
 }
-LOWER_IS_BETTER = {"perplexity_sliding", "perplexity_per_document"}
+LOWER_IS_BETTER = {"perplexity_sliding", "perplexity_per_document", "pseudo_perplexity"}
 
 
 @dataclass
@@ -95,6 +97,8 @@ UNITS = {
     "avg_length": "units per output: words, or characters for CJK/Thai (details.text.units)",
     "perplexity_*": "exp(mean NLL per scored token, nats); lower is better",
     "<task>/<metric>": "lm-evaluation-harness's own value and units (acc, acc_norm: 0-1)",
+    "pseudo_perplexity": "exp(mean NLL of each token masked alone, nats); lower is better",
+    "masked_accuracy": "0-100: top-1 prediction of each token masked alone",
 }
 
 

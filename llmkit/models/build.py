@@ -33,10 +33,17 @@ def build_model(recipe: Any, tokenizer: Any) -> Any:
     try:
         # Keys llmkit sets are refused by the recipe schema (SET_BY_LLMKIT), so none is
         # passed twice here.
-        config = AutoConfig.for_model(
-            m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides
-        )
-        model = auto.from_config(config, attn_implementation=m.attn_implementation)
+        if m.arch == "lstm":  # llmkit's own model: no attention kernel to choose
+            from llmkit.models.lstm import LSTMConfig, LSTMForCausalLM
+
+            model = LSTMForCausalLM(
+                LSTMConfig(**_arch_kwargs(m, vocab, tokenizer), **m.config_overrides)
+            )
+        else:
+            config = AutoConfig.for_model(
+                m.arch, **_arch_kwargs(m, vocab, tokenizer), **m.config_overrides
+            )
+            model = auto.from_config(config, attn_implementation=m.attn_implementation)
     except Exception as e:  # huggingface_hub's strict checks raise bare Exceptions
         if not m.config_overrides:
             raise  # llmkit's own sizes: a bug, keep the traceback
@@ -63,6 +70,15 @@ def _arch_kwargs(m: Any, vocab: int, tok: Any) -> dict[str, Any]:
             "resid_pdrop": m.dropout,
             "embd_pdrop": m.dropout,
             "attn_pdrop": m.dropout,
+            "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id,
+        }
+    if m.arch == "lstm":
+        return {
+            "vocab_size": vocab,
+            "hidden_size": m.hidden_size,
+            "num_hidden_layers": m.num_layers,
+            "dropout": m.dropout,
             "bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
             "eos_token_id": tok.eos_token_id,
         }

@@ -33,7 +33,7 @@ KIND_USE = {
     "causal": "a causal LM (use llmkit generate, eval)",
     "seq2seq": "an encoder-decoder text-to-text model (use llmkit generate, eval)",
     "classifier": "a sequence classifier (use llmkit classify, eval)",
-    "masked": "a masked LM (use llmkit embed)",
+    "masked": "a masked LM (use llmkit embed, eval, or generate to fill [MASK])",
     "encoder": "an encoder without a head (use llmkit embed)",
 }
 KIND_NAME = {

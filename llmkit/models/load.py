@@ -40,6 +40,9 @@ def loading(what: str, ref: str, where: str = "") -> Iterator[None]:
     mean "this folder is not a loadable model", so all become a UsageError.
     """
     prefix = f"{where}: " if where else ""
+    # llmkit's own architectures (the LSTM LM) join the Auto classes before any folder loads.
+    import llmkit.models.lstm  # noqa: F401
+
     try:
         yield
     except UsageError:
@@ -185,6 +188,19 @@ def load_generator(
     cls = type(model.get_base_model() if base else model).__name__
     desc = f"{ref} ({cls}, {n / 1e6:.1f}M params{', LoRA adapter on ' + base if base else ''})"
     return LoadedModel(model=model, tokenizer=tokenizer, description=desc, card=card)
+
+
+def load_masked_lm(ref: str) -> tuple[Any, Any, str]:
+    """(model, tokenizer, description) of a masked LM folder (a BERT run), in eval mode."""
+    from transformers import AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_ref(ref)
+    with loading("masked LM", ref):
+        model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch_dtype("auto")).eval()
+    n = sum(p.numel() for p in model.parameters())
+    return model, load_tokenizer(path), f"{ref} ({type(model).__name__}, {n / 1e6:.1f}M params)"
 
 
 def torch_dtype(name: str) -> Any:
