@@ -75,6 +75,11 @@ def build_trainer(
     # Replace the raw-dict printers with formatted lines (loss, ppl, lr, tokens/s).
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    for callback in list(trainer.callback_handler.callbacks):
+        # In Jupyter, Trainer's HTML table of raw logs: ProgressLines draws one bar there and
+        # prints the same lines as on a terminal (llmkit.io.notebook).
+        if type(callback).__name__ == "NotebookProgressCallback":
+            trainer.remove_callback(callback)
     trainer.add_callback(ProgressLines(show_ppl=show_ppl))
     trainer.add_callback(MetricsJsonl(run.metrics_jsonl))
     # After ProgressLines: the trackers log the perplexity and tokens/s that one adds.
