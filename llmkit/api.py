@@ -77,12 +77,14 @@ class Run:
         return load(self.path)
 
     def plot(
-        self, output: str | Path | None = None, *, x: str = "steps", overwrite: bool = True
+        self, output: str | Path | None = None, *, x: str = "steps", overwrite: bool | None = None
     ) -> Drawn:
         """Loss, perplexity, learning rate and task metrics against steps (or tokens) as a PNG
-        (default: plots.png in the run folder, which llmkit made and so may replace). The
-        result holds the file (`path`) and the matplotlib figure (`figure`), and shows as the
-        image in a notebook."""
+        (default: plots.png in the run folder, replaced when drawn again; a file you name is
+        replaced only with `overwrite=True`). The result holds the file (`path`) and the
+        matplotlib figure (`figure`), and shows as the image in a notebook."""
+        if overwrite is None:
+            overwrite = output is None
         from llmkit.commands.plot import run_plot
         from llmkit.config.base import validate
         from llmkit.config.requests import PlotRequest
@@ -161,7 +163,6 @@ def dotted(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _train(recipe: RecipeBase, job: Any, resume: bool) -> Run:
     """The CLI's checks around a training command (llmkit.cli.pretrain_cmd): one process
     only, the run folder's writer lock for the call, an already finished run left as it is."""
-    from llmkit.flags import FIX_WORDING
     from llmkit.io.runs import RunDir, writer_lock
     from llmkit.train.ending import check_finished
 
@@ -176,8 +177,8 @@ def _train(recipe: RecipeBase, job: Any, resume: bool) -> Run:
                 if resume:
                     check_finished(RunDir(recipe.output_dir), recipe.train)
                 job()
-        except AlreadyFinished as e:
-            print(e.render(FIX_WORDING).replace("--resume", "resume=True"))
+        except AlreadyFinished as e:  # worded for Python callers (llmkit.errors.Fix)
+            print(e.render())
         except Interrupted as e:
             if not e.resumable:  # outside a step: nothing new was kept
                 raise KeyboardInterrupt from None

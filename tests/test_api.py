@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -116,6 +117,30 @@ def test_plot_returns_the_figure_and_the_file(tiny_run: llmkit.Run, tmp_path: Pa
     assert drawn.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert drawn.figure is not None and len(drawn.figure.axes) >= len(drawn.panels)
     assert drawn._repr_png_()[:4] == b"\x89PNG"  # what a notebook shows
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"not llmkit's")
+    with pytest.raises(llmkit.UsageError, match=r"mine\.png"):
+        tiny_run.plot(mine)
+    assert mine.read_bytes() == b"not llmkit's"
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_chat_answers_as_the_cli_chat_does(
+    tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = llmkit.load(tiny_llama_dir)
+    answer = model.chat("Hello there", do_sample=False, max_new_tokens=8)
+    assert answer and answer in capsys.readouterr().out  # streamed as it came
+    cli = subprocess.run(
+        [sys.executable, "-m", "llmkit", "chat", str(tiny_llama_dir), "--greedy",
+         "--max-new-tokens", "8"],
+        input="Hello there\n", capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "LLMKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert answer in cli.stdout
+    with pytest.raises(llmkit.UsageError, match="empty"):
+        model.chat("  ")
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
