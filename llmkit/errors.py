@@ -31,8 +31,9 @@ class Fix(Enum):
     )
 
 
-class UsageError(Exception):
-    """Bad input from the user: a recipe field, a file, a value. The message names it."""
+class UsageError(ValueError):
+    """Bad input from the user: a recipe field, a file, a value. The message names it.
+    A `ValueError`, so Python callers may catch it as the standard type for a bad value."""
 
     def __init__(
         self, message: str, *, problems: list[str] | None = None, fix: Fix | None = None
@@ -79,3 +80,13 @@ class Interrupted(SystemExit):
         super().__init__(code)
         self.main = main
         self.resumable = resumable
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """The Python API's `Interrupted`: Ctrl-C (a notebook's interrupt button) stopped a
+    training run after its step in flight, with a checkpoint saved. A `KeyboardInterrupt`, so
+    a notebook shows it as the interruption it is; `run` is the folder to resume."""
+
+    def __init__(self, message: str, *, run: str) -> None:
+        super().__init__(message)
+        self.run = run

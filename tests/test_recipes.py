@@ -158,6 +158,7 @@ CANDIDATES = [
     "linear",
     "fp32",
     "fsdp",
+    "wandb",
 ]
 
 

@@ -216,6 +216,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     from llmkit.models.card import write_card
     from llmkit.train.checkpoints import save_final_model
     from llmkit.train.ending import summary
+    from llmkit.train.trackers import end_tracker_runs
 
     save_final_model(job.trainer, run, generation_config=recipe.task != "classification")
     if not job.main:
@@ -227,6 +228,7 @@ def save(job: FinetuneJob, metrics: dict[str, Any]) -> None:
     write_card(run.path, task_card(recipe, job.data.labels, seq2seq=seq2seq))
     run.write_metrics(metrics)
     run.mark_latest()
+    end_tracker_runs(job.trainer.callback_handler.callbacks)  # after the last log
     print(
         f"after {metrics['steps']} steps ({metrics['train_seconds']:.0f}s): "
         f"{eval_summary(job.last_eval, show_ppl=False)}"

@@ -14,7 +14,12 @@ from typing import Any
 from llmkit.config.decoding import DecodingConfig, layered
 from llmkit.config.inference import GenerateRequest
 from llmkit.errors import UsageError
-from llmkit.inference.generate import ENDED_AT_ONCE, GenerationResult, generate_with_stats
+from llmkit.inference.generate import (
+    ENDED_AT_ONCE,
+    GenerationResult,
+    answer_stops_for,
+    generate_with_stats,
+)
 from llmkit.inference.resumable import check_resumable, generate_to_jsonl
 from llmkit.inference.stops import make_streamer
 from llmkit.io.console import note
@@ -45,7 +50,7 @@ def run_generate(req: GenerateRequest) -> None:
     loaded = load_generator(req.model or DEFAULT_CAUSAL_LM, trust_remote_code=req.trust_remote_code)
     note(f"model: {loaded.description}")
     fmt = prompt_format_for(loaded.card, chat=req.chat, template=req.template, system=req.system)
-    job = Job(loaded, fmt, _answer_stops(loaded, options))
+    job = Job(loaded, fmt, answer_stops_for(loaded, options))
     if loaded.card is not None or fmt != RAW:
         own = loaded.card is not None and fmt == loaded.card.prompt
         note(f"prompt format: {fmt.describe()}{' (as the run was trained)' if own else ''}")
@@ -89,16 +94,6 @@ class Job:
     loaded: LoadedModel
     fmt: PromptFormat
     answer_stops: list[str] | None  # a text2text run's answers end at these once begun
-
-
-def _answer_stops(loaded: LoadedModel, options: DecodingConfig) -> list[str] | None:
-    """A text2text run answers one line and then rambles (it was trained to end at EOS but
-    stops there rarely after few steps): stop it as its training evaluation did, unless the
-    user gave their own --stop."""
-    card = loaded.card
-    if card is None or not card.stop or options.stop is not None:
-        return None
-    return card.stop
 
 
 def _collect_prompts(req: GenerateRequest) -> tuple[list[str], list[dict[str, Any]]]:

@@ -158,6 +158,7 @@ def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     from llmkit.models.card import TaskCard, write_card
     from llmkit.train.checkpoints import save_final_model
     from llmkit.train.ending import summary
+    from llmkit.train.trackers import end_tracker_runs
 
     interrupt.check()  # the last checkpoint is kept; the final model would be a half-save
     run, causal = job.run, job.recipe.task == "causal_lm"
@@ -168,6 +169,7 @@ def save(job: PretrainJob, metrics: dict[str, Any]) -> None:
     write_card(run.path, TaskCard(job.recipe.task, "causal" if causal else "masked"))
     run.write_metrics(metrics)
     run.mark_latest()
+    end_tracker_runs(job.trainer.callback_handler.callbacks)  # after the last log
     if "eval_perplexity_before" in metrics:
         print(
             f"validation perplexity: {metrics['eval_perplexity_before']:,.1f} before -> "

@@ -135,6 +135,14 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         value = raw  # a plain string such as `a: [b` that YAML would misread
     if isinstance(value, dict | list) and not raw.lstrip().startswith(("{", "[")):
         value = raw  # `Translate:` is text; mappings and lists are written `{k: v}`, `[a, b]`
+    set_path(data, key, value, item)
+
+
+def set_path(data: dict[str, Any], key: str, value: Any, item: str | None = None) -> None:
+    """Set `a.b.c` to `value` in the nested dict, creating mappings on the way (the Python
+    API passes values as they are; `item` is the override as the user wrote it)."""
+    if not key or any(not part for part in key.split(".")):
+        raise UsageError(f"override '{item or key}': expected a field path such as train.lr")
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -142,7 +150,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UsageError(f"override '{item}': {part} is not a section")
+            raise UsageError(f"override '{item or key}': {part} is not a section")
         node = child
     node[parts[-1]] = value
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
-from llmkit.config.base import apply_override, read_yaml, validate
+from llmkit.config.base import apply_override, read_yaml, set_path, validate
 from llmkit.config.recipe import RecipeBase
 from llmkit.errors import UsageError
 
@@ -37,13 +37,21 @@ def shipped_recipes_dir() -> Path:
 RECIPES_DIR = shipped_recipes_dir()
 
 
-def load_recipe(schema: type[R], path: Path | str | None, overrides: list[str] | None = None) -> R:
-    """Read a recipe file (or the schema's shipped default), apply overrides, validate."""
+def load_recipe(
+    schema: type[R],
+    path: Path | str | None,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> R:
+    """Read a recipe file (or the schema's shipped default), apply overrides (`PATH=VALUE`
+    strings from the CLI, then `values` by dotted path from Python), validate."""
     file = find_recipe(path if path is not None else schema.DEFAULT_RECIPE)
     data = read_yaml(file)
     data.setdefault("name", file.stem)
     for item in overrides or []:
         apply_override(data, item)
+    for key, value in (values or {}).items():
+        set_path(data, key, value)
     return validate(schema, data, prefix=f"{file}: ")
 
 

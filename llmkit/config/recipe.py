@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from llmkit.config.base import Section
 
@@ -39,6 +39,20 @@ def _fraction_or_file(value: float | str) -> float | str:
     if isinstance(value, float) and not 0.0 < value < 1.0:
         raise ValueError("a fraction must be between 0 and 1 (exclusive)")
     return value
+
+
+# The experiment trackers Trainer integrates (transformers 5's INTEGRATION_TO_CALLBACK keys).
+Tracker = Literal[
+    "tensorboard", "wandb", "mlflow", "comet_ml", "neptune", "clearml", "azure_ml", "dvclive",
+    "codecarbon", "dagshub", "flyte", "swanlab", "trackio", "kubeflow",
+]  # fmt: skip
+
+
+def _one_or_many(value: Any) -> Any:
+    """`report_to: wandb` means `[wandb]`; `none` (Trainer's word for it) means `[]`."""
+    if value is None or value == "none":
+        return []
+    return [value] if isinstance(value, str) else value
 
 
 # `data.validation`: a held-out share (0 < x < 1), or a file used as the validation set.
@@ -99,6 +113,12 @@ class TrainConfig(Section):
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard under <run>/tensorboard.")
+    report_to: Annotated[list[Tracker], BeforeValidator(_one_or_many)] = Field(
+        default_factory=list,
+        description="Experiment trackers to log to as well (Trainer's report_to): wandb, "
+        "mlflow, tensorboard (= tensorboard: true), comet_ml... Each gets the resolved "
+        "recipe as config and the logged numbers of metrics.jsonl (perplexity, task metrics).",
+    )
 
     @model_validator(mode="after")
     def _check_early_stopping(self) -> TrainConfig:

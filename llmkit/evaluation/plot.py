@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmkit.errors import UsageError
 from llmkit.io.files import read_text
@@ -82,6 +82,11 @@ class Drawn:
     panels: list[str]  # titles, in reading order (left to right, top to bottom)
     runs: list[str]  # legend labels
     size: tuple[int, int]  # pixels, width x height
+    figure: Any = field(default=None, repr=False, compare=False)  # matplotlib Figure
+
+    def _repr_png_(self) -> bytes:
+        """A notebook shows the plot itself (IPython's rich display protocol)."""
+        return self.path.read_bytes()
 
 
 def read_curves(run: Path, x: XAxis = "steps", name: str | None = None) -> RunCurves:
@@ -156,9 +161,7 @@ def labels(runs: list[Path]) -> list[str]:
 def draw(runs: list[RunCurves], out: Path, *, x: XAxis = "steps") -> Drawn:
     """Write the runs' curves to `out` as a PNG (atomically), one panel per metric."""
     import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; also the fastest raster backend
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     keys = panel_keys(runs)
@@ -166,33 +169,31 @@ def draw(runs: list[RunCurves], out: Path, *, x: XAxis = "steps") -> Drawn:
     columns = 2 if len(keys) in (2, 4) else min(MAX_COLUMNS, len(keys))
     rows = math.ceil(len(keys) / columns)
     width, height = PANEL_INCHES[0] * columns, PANEL_INCHES[1] * rows
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(width, height), dpi=DPI, squeeze=False, layout="constrained"
+    # A Figure of its own, not pyplot's: no backend is switched (a notebook keeps its inline
+    # one), nothing is left open in pyplot, and PNG output uses Agg by itself.
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    flat = list(axes.flat)
+    for ax, key in zip(flat, keys, strict=False):  # spare axes are switched off below
+        _panel(ax, key, runs, colors, x)
+    for ax in flat[len(keys) :]:
+        ax.set_axis_off()
+    lines = [
+        Line2D([], [], color=colors[i % len(colors)], marker="o", markersize=3)
+        for i in range(len(runs))
+    ]
+    fig.legend(
+        lines,
+        [run.name for run in runs],
+        loc="outside upper center",
+        ncols=min(len(runs), 4),
+        frameon=False,
     )
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    try:
-        flat = list(axes.flat)
-        for ax, key in zip(flat, keys, strict=False):  # spare axes are switched off below
-            _panel(ax, key, runs, colors, x)
-        for ax in flat[len(keys) :]:
-            ax.set_axis_off()
-        lines = [
-            Line2D([], [], color=colors[i % len(colors)], marker="o", markersize=3)
-            for i in range(len(runs))
-        ]
-        fig.legend(
-            lines,
-            [run.name for run in runs],
-            loc="outside upper center",
-            ncols=min(len(runs), 4),
-            frameon=False,
-        )
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
-    finally:
-        plt.close(fig)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     size = (round(width * DPI), round(height * DPI))
-    return Drawn(out, [title(k) for k in keys], [run.name for run in runs], size)
+    return Drawn(out, [title(k) for k in keys], [run.name for run in runs], size, fig)
 
 
 def _panel(ax: Axes, key: str, runs: list[RunCurves], colors: list[str], x: XAxis) -> None:

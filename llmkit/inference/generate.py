@@ -187,6 +187,16 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
 # --- generation ----------------------------------------------------------------------------
 
 
+def answer_stops_for(loaded: LoadedModel, options: DecodingConfig) -> list[str] | None:
+    """A text2text run answers one line and then rambles (it was trained to end at EOS but
+    stops there rarely after few steps): stop it as its training evaluation did, unless the
+    user gave their own stop strings."""
+    card = loaded.card
+    if card is None or not card.stop or options.stop is not None:
+        return None
+    return card.stop
+
+
 def generate_texts(
     loaded: LoadedModel, prompts: list[str], options: DecodingConfig, **kwargs: Any
 ) -> list[list[str]]:

@@ -39,6 +39,9 @@ def training_arguments(
     import torch
     from transformers import TrainingArguments
 
+    from llmkit.train.trackers import check_trackers
+
+    check_trackers(train.report_to)  # before data or model load: one line, nothing written
     precision = resolve_precision(train.precision)
     on_gpu = torch.cuda.is_available()
     eval_steps = train.eval_every

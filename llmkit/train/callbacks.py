@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import ProgressCallback
 
+from llmkit.io.notebook import HtmlBar, in_notebook
 from llmkit.io.quiet import plain_output
 
 
@@ -29,12 +30,14 @@ class ProgressLines(ProgressCallback):
     """The stock tqdm bar, but with one formatted line per log instead of a raw dict.
     `show_ppl=False` for classifiers, whose loss is not a per-token language-model loss.
 
-    Bars only on a terminal (`bars`, default: stderr is one): in a
-    pipe or a log file a bar is carriage returns and cursor-up escapes around every line,
-    so there the log lines, one per `train.log_every` steps, are the progress."""
+    Bars only on a terminal (`bars`, default: stderr is one) or in a notebook (an HTML bar
+    updated in place, llmkit.io.notebook): in a pipe or a log file a bar is carriage returns
+    and cursor-up escapes around every line, so there the log lines, one per
+    `train.log_every` steps, are the progress."""
 
     def __init__(self, *, show_ppl: bool = True, bars: bool | None = None) -> None:
         super().__init__()
+        self.training_bar: Any = None  # tqdm's, or a notebook's HtmlBar
         self.show_ppl = show_ppl
         self.bars = not plain_output() if bars is None else bars
         self._t0 = time.perf_counter()
@@ -45,6 +48,8 @@ class ProgressLines(ProgressCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.bars:
             super().on_train_begin(args, state, control, **kwargs)
+        elif state.is_world_process_zero and in_notebook():  # not a terminal, but redrawn
+            self.training_bar = HtmlBar(state.max_steps)
         self.current_step = 0
         self._t0 = self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen

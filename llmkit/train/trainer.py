@@ -22,7 +22,6 @@ from llmkit.train.callbacks import (
     LogBeforeSave,
     MetricsJsonl,
     ProgressLines,
-    RunTensorBoard,
     whole_run_train_loss,
 )
 from llmkit.train.checkpoints import (
@@ -33,6 +32,7 @@ from llmkit.train.checkpoints import (
 )
 from llmkit.train.interrupt import StopOnSignal
 from llmkit.train.loss import use_chunked_loss
+from llmkit.train.trackers import end_tracker_runs, tracker_callbacks
 
 
 def build_trainer(
@@ -75,10 +75,17 @@ def build_trainer(
     # Replace the raw-dict printers with formatted lines (loss, ppl, lr, tokens/s).
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    for callback in list(trainer.callback_handler.callbacks):
+        # In Jupyter, Trainer's HTML table of raw logs: ProgressLines draws one bar there and
+        # prints the same lines as on a terminal (llmkit.io.notebook).
+        if type(callback).__name__ == "NotebookProgressCallback":
+            trainer.remove_callback(callback)
     trainer.add_callback(ProgressLines(show_ppl=show_ppl))
     trainer.add_callback(MetricsJsonl(run.metrics_jsonl))
-    if train.tensorboard:  # after ProgressLines: it logs the perplexity that one adds
-        trainer.add_callback(RunTensorBoard(run.path / "tensorboard"))
+    # After ProgressLines: the trackers log the perplexity and tokens/s that one adds.
+    trackers = ["tensorboard"] if train.tensorboard else []
+    for callback in tracker_callbacks([*trackers, *train.report_to], run):
+        trainer.add_callback(callback)
     trainer.add_callback(StopOnSignal())
     trainer.add_callback(LogBeforeSave())  # last: reads the should_save set by those above
     return trainer
@@ -123,9 +130,13 @@ def fit(trainer: Trainer, run: RunDir, *, resume: bool) -> Any:
             if isinstance(cb, ProgressLines) and cb.training_bar is not None:
                 cb.training_bar.close()
                 cb.training_bar = None
-    stop.exit_if_interrupted(
-        trainer.state.global_step, run.path, main=trainer.args.process_index == 0
-    )
+    try:
+        stop.exit_if_interrupted(
+            trainer.state.global_step, run.path, main=trainer.args.process_index == 0
+        )
+    except BaseException:
+        end_tracker_runs(trainer.callback_handler.callbacks)  # no evaluation will follow
+        raise
     loss = whole_run_train_loss(
         trainer.state.log_history, start_step, out.training_loss, trainer.state.global_step
     )
