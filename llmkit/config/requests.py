@@ -135,9 +135,8 @@ class ExportRequest(Request):
     )
     quant: GgufType | None = Field(
         None,
-        description="GGUF weight type (default f16): f32, f16, bf16, q8_0 (llama.cpp's "
-        "converter) or q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k (its "
-        "quantizer).",
+        description="GGUF weight type (default f16): f32, f16, bf16 (llama.cpp's converter) "
+        "or q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k (its quantizer).",
     )
     ppl_text: Path | None = Field(
         None,

@@ -1,8 +1,8 @@
 """A run as one GGUF file (llama.cpp, Ollama, LM Studio), proven by llama.cpp itself.
 
     run (LoRA adapter or full model) -> merged fp32 HF folder (temporary)
-      -> llama.cpp's convert_hf_to_gguf.py (f32, f16, bf16, q8_0)
-      -> llama.cpp's quantizer from an f16 file (q4_k_m, q6_k, ...)
+      -> llama.cpp's convert_hf_to_gguf.py (f32, f16, bf16)
+      -> llama.cpp's quantizer from its f16 file (q8_0, q4_k_m, q6_k, ...)
       -> llama.cpp loads the file: greedy tokens vs transformers, perplexity vs f16
       -> Modelfile (Ollama) + gguf_check.json beside the file
 
@@ -34,7 +34,6 @@ from llmkit.io.write import write_json, write_text
 from llmkit.models.card import KIND_USE, model_kind
 
 N_CTX = 512  # llama.cpp context for the checks: perplexity windows of up to 512 tokens
-FLOAT_TYPES = ("f32", "f16", "bf16")  # what needs no perplexity comparison against f16
 MODELFILE = "Modelfile"
 CHECK_FILE = "gguf_check.json"
 
@@ -155,14 +154,13 @@ def build_gguf(
     reference: Path | None = None
     if quant in CONVERTER_TYPES:
         convert(hf, target, cast(ConverterType, quant), run.name)
-    if quant not in FLOAT_TYPES:
+    else:
         reference = folder / ".reference-f16.gguf"
         convert(hf, reference, "f16", run.name)
     seconds["convert"] = time.perf_counter() - t0
     interrupt.check()
-    if quant not in CONVERTER_TYPES:
+    if reference is not None:
         t0 = time.perf_counter()
-        assert reference is not None
         quantize(reference, target, cast(QuantizerType, quant))
         seconds["quantize"] = time.perf_counter() - t0
     _remove_tree(hf)

@@ -22,7 +22,9 @@ from typing import Any, Literal, get_args
 
 from llmkit.errors import UsageError
 
-# What the converter writes itself, and what llama.cpp's quantizer makes from an f16 file.
+# What the converter writes itself, and what llama.cpp's quantizer makes from its f16 file
+# (q8_0 too, though the converter can write it: the f16 file is needed anyway, for the
+# perplexity every quantized export is compared with, so one converter run serves both).
 # The k-quants pack 256 weights per block: a tensor whose rows are not a multiple of 256
 # (SmolLM2's 576, a tiny model's 32) is stored in a fallback type llama.cpp picks (q5_0,
 # q8_0...), as llama-quantize does; the file is still valid and says so in its metadata.
@@ -70,7 +72,12 @@ def convert(hf_folder: Path, out: Path, outtype: ConverterType, name: str) -> No
     cmd += ["--outtype", outtype, "--model-name", name]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_converter_env())
     if proc.returncode != 0:
-        raise UsageError(f"llama.cpp's converter refused the model: {converter_reason(proc)}")
+        reason = converter_reason(proc)
+        if "pre-tokenizer was not recognized" in reason:
+            # llama.cpp knows a BPE tokenizer by the hash of its output on a fixed text, so
+            # a tokenizer trained here (llmkit prep tokenizer) is none it knows.
+            reason = "llama.cpp does not know this BPE tokenizer (" + reason + ")"
+        raise UsageError(f"llama.cpp's converter refused the model: {reason}")
 
 
 def _converter_env() -> dict[str, str]:
