@@ -42,8 +42,11 @@ assets: install
 GGUF_REQ := requirements/gguf.txt
 LLAMA_CPP := $(shell sed -n 's/^llama-cpp-python==//p' $(GGUF_REQ))
 LLAMA_SRC := llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp
-GGUF_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
+# GGML_NATIVE=OFF: -march=native on a Xeon with AMX compiles in ggml's AMX matmul, which
+# crashed (SIGSEGV in ggml_backend_amx_mul_mat) on every quantized file here (q8_0, q4_k_m);
+# the portable build (AVX2/FMA/F16C) runs them, and on other machines' CPUs too.
+GGUF_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
 gguf: $(VENV)/.gguf
 $(VENV)/.gguf: $(VENV)/.installed $(GGUF_REQ)
 	rm -rf $(VENV)/share/llama.cpp $(VENV)/src/llama-cpp
@@ -53,6 +56,7 @@ $(VENV)/.gguf: $(VENV)/.installed $(GGUF_REQ)
 	tar -xzf $(VENV)/src/llama-cpp/llama_cpp_python-$(LLAMA_CPP).tar.gz \
 		-C $(VENV)/share/llama.cpp --strip-components=3 $(LLAMA_SRC)/convert_hf_to_gguf.py \
 		$(LLAMA_SRC)/conversion $(LLAMA_SRC)/gguf-py $(LLAMA_SRC)/LICENSE
+	$(BIN)/python -m pip uninstall -q -y llama-cpp-python  # else an old build is kept
 	CMAKE_ARGS="$(GGUF_CMAKE)" $(BIN)/python -m pip install -q -c $(LOCK) \
 		--find-links $(VENV)/src/llama-cpp -r $(GGUF_REQ)
 	$(BIN)/python -c 'import llama_cpp; print("llama.cpp", llama_cpp.__version__, "ready")'

@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,8 @@ def test_f32_and_f16_answer_in_llama_cpp_as_in_transformers(
         assert check["greedy_tokens_equal"] == check["greedy_tokens"] == 60, check
         assert check["tokenizer_prompts_equal"] == check["prompts"] == 5
         assert "60/60 equal (5/5 prompts identical)" in proc.stdout
-        assert sorted(p.name for p in out.iterdir()) == [
-            ".llmkit", "Modelfile", f"llama-lora-{quant}.gguf", "gguf_check.json",
-        ]  # fmt: skip
+        names = {p.name for p in out.iterdir()}
+        assert names == {".llmkit", "Modelfile", f"llama-lora-{quant}.gguf", "gguf_check.json"}
         modelfile = (out / "Modelfile").read_text()
         assert f"FROM ./llama-lora-{quant}.gguf" in modelfile
         assert 'PARAMETER stop "<|im_end|>"' in modelfile
@@ -190,9 +190,11 @@ def test_never_replaces_a_users_folder_and_ctrl_c_leaves_nothing(
     export = subprocess.Popen(
         [*cmd, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    # Ctrl-C once the converter is writing (its output file, in llmkit's temporary folder).
-    while not list(tmp_path.glob(".out.*.llmkit-tmp/.hf/config.json")):
+    # Ctrl-C once the merged model is being written for the converter (in llmkit's temporary
+    # folder): what is left must be what was there before.
+    while not list(tmp_path.glob(".out.*.llmkit-tmp/.hf/*/config.json")):
         assert export.poll() is None, export.stderr.read() if export.stderr else ""
+        time.sleep(0.01)  # a poll on the file, not a wait on the clock
     export.send_signal(signal.SIGINT)
     assert export.wait(timeout=300) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "mine"]

@@ -116,9 +116,10 @@ def agreement(
     return Agreement(same, total, prompts_equal, len(prompts), tok_equal)
 
 
-def perplexity(llm: Any, ids: list[int]) -> float:
-    """exp(mean NLL) of each next token under llama.cpp, window by window (n_ctx tokens)."""
-    window = llm.n_ctx()
+def perplexity(llm: Any, ids: list[int], window: int) -> float:
+    """exp(mean NLL) of each next token under llama.cpp, in windows of `window` tokens (the
+    model's trained context at most: llama.cpp rounds its own n_ctx up to a multiple of 256,
+    past GPT-2's learned positions, where it aborts)."""
     nll, count = 0.0, 0
     for start in range(0, len(ids) - 1, window):
         chunk = ids[start : start + window]

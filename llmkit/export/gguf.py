@@ -116,7 +116,10 @@ def held_out_ids(tokenizer: Any, text_file: Path | None) -> tuple[list[int], str
     else:
         play = next(p for p in assets.shakespeare_files() if p.name.startswith("tempest"))
         text, name = play.read_text(encoding="utf-8")[:20_000], "The Tempest (held out)"
-    ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    # verbose=False: the text is longer than the model's context on purpose (it is scored in
+    # windows), which transformers would warn about.
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    ids = [int(i) for i in ids]
     if len(ids) < 16:
         raise UsageError(f"{name}: {len(ids)} tokens is too short to measure perplexity")
     return ids[:PPL_TOKENS], name
@@ -141,7 +144,9 @@ def build_gguf(
     model = load_merged(run).eval()
     tokenizer = load_tokenizer(str(run))
     card = read_card(run)
-    hf = folder / ".hf"  # the merged fp32 folder the converter reads; deleted below
+    # The merged fp32 folder the converter reads (deleted below), named as the run: the
+    # converter takes general.name/finetune from the folder's name.
+    hf = folder / ".hf" / run.name
     model.save_pretrained(hf)
     tokenizer.save_pretrained(hf)
     prepare_for_converter(hf)
@@ -163,7 +168,7 @@ def build_gguf(
         t0 = time.perf_counter()
         quantize(reference, target, cast(QuantizerType, quant))
         seconds["quantize"] = time.perf_counter() - t0
-    _remove_tree(hf)
+    _remove_tree(hf.parent)
     progress(f"wrote {name} ({target.stat().st_size / 2**20:.1f} MiB); checking it in llama.cpp")
 
     t0 = time.perf_counter()
@@ -171,12 +176,12 @@ def build_gguf(
     n_ctx = min(N_CTX, int(getattr(model.config, "max_position_embeddings", 0) or N_CTX))
     llm = open_gguf(target, n_ctx)
     agree = agreement(llm, model, tokenizer)
-    ppl = perplexity(llm, ids)
+    ppl = perplexity(llm, ids, n_ctx)
     del llm
     ppl_f16 = None
     if reference is not None:
         ref = open_gguf(reference, n_ctx)
-        ppl_f16 = perplexity(ref, ids)
+        ppl_f16 = perplexity(ref, ids, n_ctx)
         del ref
         reference.unlink()
     seconds["check"] = time.perf_counter() - t0

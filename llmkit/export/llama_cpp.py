@@ -100,7 +100,11 @@ def converter_reason(proc: subprocess.CompletedProcess[str]) -> str:
 def quantize(source: Path, out: Path, qtype: QuantizerType, threads: int | None = None) -> None:
     """llama.cpp's quantizer (`llama_model_quantize`, what `llama-quantize` calls) from an
     f16/f32 GGUF to `qtype`."""
+    import logging
+
     llama_cpp = llama_cpp_module()
+    # llama.cpp logs every tensor it quantizes (~20 lines a layer) through this logger.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}", None)
     if ftype is None:
         raise UsageError(f"this llama.cpp has no {qtype} quantization (llama-cpp-python too old?)")
