@@ -16,7 +16,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= true
 
-.PHONY: install assets demo test test-slow test-load test-latest canary lock lint typecheck check bench clean
+.PHONY: install gguf assets demo test test-slow test-load test-latest canary lock lint typecheck check bench clean
 
 install: $(VENV)/.installed
 # A venv this target made is rebuilt whole when the lock changes, so it holds exactly the lock
@@ -32,6 +32,35 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(ASSETS)
 	touch $@
 
 assets: install
+
+# GGUF export (`llmkit export --format gguf`): llama.cpp's converter (Python, copied to
+# $(VENV)/share/llama.cpp, where llmkit looks) and its quantizer and runtime (llama-cpp-python,
+# a C++ build: 19.5 min wall / 6.2 min CPU on 2 cores shared with other jobs), from one source
+# package, so the converter and the llama.cpp that checks its output are the same release.
+# Only the library is built (no server, tools, tests or multimodal); a step of its own, so
+# `make install` stays as fast. pip caches the built wheel: a second venv takes seconds.
+GGUF_REQ := requirements/gguf.txt
+LLAMA_CPP := $(shell sed -n 's/^llama-cpp-python==//p' $(GGUF_REQ))
+LLAMA_SRC := llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp
+# GGML_NATIVE=OFF: -march=native on a Xeon with AMX compiles in ggml's AMX matmul, which
+# crashed (SIGSEGV in ggml_backend_amx_mul_mat) on every quantized file here (q8_0, q4_k_m);
+# the portable build (AVX2/FMA/F16C) runs them, and on other machines' CPUs too.
+GGUF_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
+gguf: $(VENV)/.gguf
+$(VENV)/.gguf: $(VENV)/.installed $(GGUF_REQ)
+	rm -rf $(VENV)/share/llama.cpp $(VENV)/src/llama-cpp
+	mkdir -p $(VENV)/share/llama.cpp $(VENV)/src/llama-cpp
+	$(BIN)/python -m pip download -q --no-deps --no-binary llama-cpp-python \
+		-d $(VENV)/src/llama-cpp llama-cpp-python==$(LLAMA_CPP)
+	tar -xzf $(VENV)/src/llama-cpp/llama_cpp_python-$(LLAMA_CPP).tar.gz \
+		-C $(VENV)/share/llama.cpp --strip-components=3 $(LLAMA_SRC)/convert_hf_to_gguf.py \
+		$(LLAMA_SRC)/conversion $(LLAMA_SRC)/gguf-py $(LLAMA_SRC)/LICENSE
+	$(BIN)/python -m pip uninstall -q -y llama-cpp-python  # else an old build is kept
+	CMAKE_ARGS="$(GGUF_CMAKE)" $(BIN)/python -m pip install -q -c $(LOCK) \
+		--find-links $(VENV)/src/llama-cpp -r $(GGUF_REQ)
+	$(BIN)/python -c 'import llama_cpp; print("llama.cpp", llama_cpp.__version__, "ready")'
+	touch $@
 
 # Pretrain the default GPT on Shakespeare (~11 min on 2 cores), then sample from it.
 demo: install

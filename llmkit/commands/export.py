@@ -27,6 +27,8 @@ def run_export(req: ExportRequest) -> Path:
     if req.push_to_hub is not None:
         check_hub_reachable()
     run = req.run if req.run is not None else _latest_adapter_run()
+    if req.format == "gguf":
+        return _export_gguf(req, run)
     adapter = _adapter_config(run)
     out = req.output or run.with_name(f"{run.name}-merged")
     check_output(out, [run], folder=True)
@@ -64,6 +66,36 @@ def run_export(req: ExportRequest) -> Path:
         except Exception as e:  # network and auth errors come in many types
             raise UsageError(f"--push-to-hub {req.push_to_hub}: {str(e).splitlines()[0]}") from e
         print(f"pushed to https://huggingface.co/{req.push_to_hub}")
+    return out
+
+
+def _export_gguf(req: ExportRequest, run: Path) -> Path:
+    """One GGUF file + Ollama Modelfile, checked by llama.cpp (llmkit.export.gguf)."""
+    from llmkit.export.gguf import build_gguf, check_exportable
+
+    check_exportable(run)
+    quant = req.quant or "f16"
+    out = req.output or run.with_name(f"{run.name}-gguf")
+    check_output(out, [run], folder=True)
+    hold_writer_lock(out)
+    if out.exists() and any(out.iterdir()) and not req.overwrite:
+        raise UsageError(
+            f"output {out} already exists and is not empty; pass --overwrite or --output"
+        )
+    if out.exists() and any(out.iterdir()):
+        check_replaceable(out, EXPORT)
+    elif out.exists():
+        out.rmdir()  # an empty folder the user made for it
+    reports = []
+    try:
+        replace_folder(
+            out, lambda tmp: reports.append(build_gguf(tmp, run, quant, req.ppl_text)), kind=EXPORT
+        )
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror} (is the disk full?)") from e
+    for line in reports[0].lines():
+        print(line)
+    print(f"exported {run} as GGUF {quant}: {out / reports[0].file} (+ Modelfile for Ollama)")
     return out
 
 

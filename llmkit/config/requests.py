@@ -17,6 +17,7 @@ from llmkit.config.base import Request
 from llmkit.config.decoding import MAX_NEW_TOKENS, checked_template
 from llmkit.config.recipe import MAX_SEED, RunName
 from llmkit.evaluation.text import BleuTokenize, RougeTokenize
+from llmkit.export.llama_cpp import GgufType
 from llmkit.flags import ARGUMENT, Flag, flag
 
 # One default for every --batch-size (generate, eval, embed; generate's used to be 8):
@@ -120,11 +121,39 @@ class ExportRequest(Request):
         description="Run or adapter folder from `llmkit finetune` (default: the latest run, "
         "runs/LATEST).",
     )
-    output: Path | None = Field(None, description="Folder (default: RUN-merged).")
+    output: Path | None = Field(
+        None, description="Folder (default: RUN-merged, or RUN-gguf with --format gguf)."
+    )
     push_to_hub: str | None = Field(
         None, description="Also upload to this hub repo (needs a reachable hub)."
     )
     overwrite: bool = Field(False, description="Replace a non-empty output folder.")
+    format: Literal["hf", "gguf"] = Field(
+        "hf",
+        description="hf: a Hugging Face folder; gguf: one GGUF file for llama.cpp, Ollama, "
+        "LM Studio (needs `make gguf`), with an Ollama Modelfile.",
+    )
+    quant: GgufType | None = Field(
+        None,
+        description="GGUF weight type (default f16): f32, f16, bf16 (llama.cpp's converter) "
+        "or q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_m, q4_k_m, q5_k_m, q6_k (its quantizer).",
+    )
+    ppl_text: Path | None = Field(
+        None,
+        description="Held-out text the GGUF check measures perplexity on (default: the "
+        "opening of The Tempest).",
+    )
+
+    @model_validator(mode="after")
+    def _gguf_options(self) -> ExportRequest:
+        if self.format != "gguf":
+            named = [n for n in ("quant", "ppl_text") if getattr(self, n) is not None]
+            if named:
+                raise ValueError(f"{', '.join(named)} apply to format gguf only")
+            return self
+        if self.push_to_hub is not None:
+            raise ValueError("push_to_hub uploads a Hugging Face folder: not with format gguf")
+        return self
 
 
 # --- inference ---------------------------------------------------------------------------------
