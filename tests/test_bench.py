@@ -247,7 +247,9 @@ def test_a_lora_run_is_scored_with_its_adapter(tiny_gpt2_dir: Path, tmp_path: Pa
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
-    config = LoraConfig(r=8, target_modules=["c_attn"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8, target_modules=["c_attn"], init_lora_weights=False, fan_in_fan_out=True
+    )
     adapter = tmp_path / "lora-run"
     get_peft_model(base, config).save_pretrained(adapter)  # B random: the adapter matters
     merged = tmp_path / "merged"
