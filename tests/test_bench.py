@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmkit.commands.eval import run_eval
 from llmkit.config.requests import EvalRequest
@@ -55,6 +58,37 @@ def test_the_shipped_tasks_are_4_way_multiple_choice_over_held_out_questions() -
         assert multiple_choice_rows(language) == rows  # the same file on every machine
     labels = [r["label"] for r in multiple_choice_rows("english")]
     assert set(labels) == {0, 1, 2, 3}  # the right answer is not always first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([TASK, TASK_ZH, "hellaswag", "arc_easy", "mmlu_anatomy", ""]),
+            st.text(" \t", max_size=2),
+        ),
+        max_size=6,
+    )
+)
+def test_task_names_keep_their_order_and_shipped_ones_become_runnable_files(
+    names: list[tuple[str, str]],
+) -> None:
+    given_text = ",".join(pad + name + pad for name, pad in names)
+    wanted = [name for name, _ in names if name]
+    if not wanted:
+        with pytest.raises(UsageError, match="no task names given"):
+            task_specs(given_text)
+        return
+    specs = task_specs(given_text)
+    assert len(specs) == len(wanted)
+    for name, spec in zip(wanted, specs, strict=True):
+        if name in (TASK, TASK_ZH):
+            built = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
+            assert built["task"] == name
+            data = Path(built["dataset_kwargs"]["data_files"]["test"])
+            assert data.is_absolute() and len(data.read_text().splitlines()) in (85, 42)
+        else:
+            assert spec == name
 
 
 def test_the_cli_prints_the_accuracy_the_harness_gives_directly(
