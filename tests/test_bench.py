@@ -305,3 +305,22 @@ def test_a_lora_run_is_scored_with_its_adapter(tiny_gpt2_dir: Path, tmp_path: Pa
     logprob = first["filtered_resps"][0][0]
     base = harness_direct(tiny_gpt2_dir, TASK, limit=1, samples=True)
     assert logprob != pytest.approx(base[0]["filtered_resps"][0][0], abs=1e-4)
+
+
+def test_a_fine_tune_with_validation_examples_is_benchmarked_not_generated(
+    tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """`--model RUN` alone scores a text2text run's validation.jsonl; with --tasks it is the
+    benchmark that runs (it was refused as two modes at once)."""
+    import shutil
+
+    run = tmp_path / "t2t-run"
+    shutil.copytree(tiny_gpt2_dir, run)
+    write_card(run, TaskCard(task="text2text", kind="causal", prompt=PromptFormat()))
+    (run / "validation.jsonl").write_text('{"source": "hi", "target": "hello"}\n')
+    out = run_eval(EvalRequest(model=str(run), tasks=TASK, limit=4, output_dir=tmp_path / "e"))
+    metrics = metrics_of(out)
+    assert metrics["mode"] == "tasks" and set(metrics["metrics"]) == {
+        f"{TASK}/acc",
+        f"{TASK}/acc_norm",
+    }
