@@ -104,6 +104,7 @@ def test_the_cli_prints_the_accuracy_the_harness_gives_directly(
     assert metrics["metrics"][f"{TASK}/acc_norm"] == direct["acc_norm,none"]
     assert f"{direct['acc,none']:.4f}" in proc.stdout
     assert "prompt format: plain text (no chat template)" in proc.stderr
+    assert "\r" not in proc.stderr  # no progress-bar redraws in a log (stderr is a pipe)
     task = metrics["data"]["tasks"][TASK]
     assert task["version"] == 1.0 and task["n-shot"] == 0
     assert task["n-samples"] == {"original": 85, "effective": 40}
