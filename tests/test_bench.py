@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmkit.commands.eval import run_eval
 from llmkit.config.requests import EvalRequest
@@ -57,6 +60,37 @@ def test_the_shipped_tasks_are_4_way_multiple_choice_over_held_out_questions() -
     assert set(labels) == {0, 1, 2, 3}  # the right answer is not always first
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([TASK, TASK_ZH, "hellaswag", "arc_easy", "mmlu_anatomy", ""]),
+            st.text(" \t", max_size=2),
+        ),
+        max_size=6,
+    )
+)
+def test_task_names_keep_their_order_and_shipped_ones_become_runnable_files(
+    names: list[tuple[str, str]],
+) -> None:
+    given_text = ",".join(pad + name + pad for name, pad in names)
+    wanted = [name for name, _ in names if name]
+    if not wanted:
+        with pytest.raises(UsageError, match="no task names given"):
+            task_specs(given_text)
+        return
+    specs = task_specs(given_text)
+    assert len(specs) == len(wanted)
+    for name, spec in zip(wanted, specs, strict=True):
+        if name in (TASK, TASK_ZH):
+            built = yaml.safe_load(Path(spec).read_text(encoding="utf-8"))
+            assert built["task"] == name
+            data = Path(built["dataset_kwargs"]["data_files"]["test"])
+            assert data.is_absolute() and len(data.read_text().splitlines()) in (85, 42)
+        else:
+            assert spec == name
+
+
 def test_the_cli_prints_the_accuracy_the_harness_gives_directly(
     tiny_gpt2_dir: Path, tmp_path: Path
 ) -> None:
@@ -70,6 +104,7 @@ def test_the_cli_prints_the_accuracy_the_harness_gives_directly(
     assert metrics["metrics"][f"{TASK}/acc_norm"] == direct["acc_norm,none"]
     assert f"{direct['acc,none']:.4f}" in proc.stdout
     assert "prompt format: plain text (no chat template)" in proc.stderr
+    assert "\r" not in proc.stderr  # no progress-bar redraws in a log (stderr is a pipe)
     task = metrics["data"]["tasks"][TASK]
     assert task["version"] == 1.0 and task["n-shot"] == 0
     assert task["n-samples"] == {"original": 85, "effective": 40}
@@ -247,7 +282,9 @@ def test_a_lora_run_is_scored_with_its_adapter(tiny_gpt2_dir: Path, tmp_path: Pa
 
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
-    config = LoraConfig(r=8, target_modules=["c_attn"], init_lora_weights=False)
+    config = LoraConfig(
+        r=8, target_modules=["c_attn"], init_lora_weights=False, fan_in_fan_out=True
+    )
     adapter = tmp_path / "lora-run"
     get_peft_model(base, config).save_pretrained(adapter)  # B random: the adapter matters
     merged = tmp_path / "merged"
@@ -269,3 +306,22 @@ def test_a_lora_run_is_scored_with_its_adapter(tiny_gpt2_dir: Path, tmp_path: Pa
     logprob = first["filtered_resps"][0][0]
     base = harness_direct(tiny_gpt2_dir, TASK, limit=1, samples=True)
     assert logprob != pytest.approx(base[0]["filtered_resps"][0][0], abs=1e-4)
+
+
+def test_a_fine_tune_with_validation_examples_is_benchmarked_not_generated(
+    tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """`--model RUN` alone scores a text2text run's validation.jsonl; with --tasks it is the
+    benchmark that runs (it was refused as two modes at once)."""
+    import shutil
+
+    run = tmp_path / "t2t-run"
+    shutil.copytree(tiny_gpt2_dir, run)
+    write_card(run, TaskCard(task="text2text", kind="causal", prompt=PromptFormat()))
+    (run / "validation.jsonl").write_text('{"source": "hi", "target": "hello"}\n')
+    out = run_eval(EvalRequest(model=str(run), tasks=TASK, limit=4, output_dir=tmp_path / "e"))
+    metrics = metrics_of(out)
+    assert metrics["mode"] == "tasks" and set(metrics["metrics"]) == {
+        f"{TASK}/acc",
+        f"{TASK}/acc_norm",
+    }

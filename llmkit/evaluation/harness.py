@@ -135,11 +135,28 @@ def harness_lm(loaded: Any, batch_size: int) -> Any:
     numbers as applied, without peft's extra matmul per layer on every request)."""
     from lm_eval.models.huggingface import HFLM
 
+    from llmkit.io.quiet import plain_output
+
+    class QuietHFLM(HFLM):
+        """The harness's request bars follow llmkit's rule (llmkit.io.quiet): off when
+        stderr is not a terminal, where each redraw would be a line of litter in a log
+        (~340 for one run of llmkit_chatterbot_mc); the "task i/n" lines remain."""
+
+        def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or plain_output())
+
+        def loglikelihood_rolling(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            quiet = disable_tqdm or plain_output()
+            return super().loglikelihood_rolling(requests, disable_tqdm=quiet)
+
+        def generate_until(self, requests: Any, disable_tqdm: bool = False) -> Any:
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or plain_output())
+
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     backend = "seq2seq" if loaded.is_encoder_decoder else "causal"
-    return HFLM(
+    return QuietHFLM(
         pretrained=model, tokenizer=loaded.tokenizer, batch_size=batch_size, backend=backend
     )
 
