@@ -166,6 +166,16 @@ def test_chat_answers_as_the_cli_chat_does(
         model.chat("  ")
 
 
+def test_prep_and_embed_give_arrays(tiny_bert_dir: Path) -> None:
+    import numpy as np
+
+    data = llmkit.prep("tiny-cpu")
+    assert data.train.ndim == 2 and data.train.shape[1] == 64  # tiny-cpu's data.block_size
+    vectors = llmkit.load(tiny_bert_dir).embed(["a sentence", "今天天气很好", "x"])
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # cosine = dot
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(

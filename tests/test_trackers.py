@@ -180,3 +180,7 @@ def test_a_python_finetune_logs_its_task_metrics_and_loads_with_its_card(
     cli = run_cli("generate", "--model", str(run.path), "count to 3")
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout == ours + "\n"
+    # Its evaluation, as `llmkit eval --model RUN`: the run's own validation examples.
+    report = llmkit.load(run).evaluate(output_dir=tmp_path / "eval", limit=4)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert "bleu" in json.dumps(report)
