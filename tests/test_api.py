@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, run_cli
@@ -124,10 +125,32 @@ def test_plot_returns_the_figure_and_the_file(tiny_run: llmkit.Run, tmp_path: Pa
     assert mine.read_bytes() == b"not llmkit's"
 
 
+@pytest.fixture(scope="module")
+def wide_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_tokenizer: Any) -> Path:
+    """A random 2-layer Llama with SmolLM2's chat template, its weights drawn wide (0.2) so
+    greedy answers are words, not one repeated newline (as in test_chat)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("wide-llama")
+    tok = smollm2_tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.mark.slow  # a CLI subprocess
 def test_chat_answers_as_the_cli_chat_does(
-    tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    wide_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    tiny_llama_dir = wide_llama_dir
     model = llmkit.load(tiny_llama_dir)
     answer = model.chat("Hello there", do_sample=False, max_new_tokens=8)
     assert answer and answer in capsys.readouterr().out  # streamed as it came
@@ -141,6 +164,16 @@ def test_chat_answers_as_the_cli_chat_does(
     assert answer in cli.stdout
     with pytest.raises(llmkit.UsageError, match="empty"):
         model.chat("  ")
+
+
+def test_prep_and_embed_give_arrays(tiny_bert_dir: Path) -> None:
+    import numpy as np
+
+    data = llmkit.prep("tiny-cpu")
+    assert data.train.ndim == 2 and data.train.shape[1] == 64  # tiny-cpu's data.block_size
+    vectors = llmkit.load(tiny_bert_dir).embed(["a sentence", "今天天气很好", "x"])
+    assert vectors.shape == (3, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)  # cosine = dot
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

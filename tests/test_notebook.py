@@ -17,7 +17,7 @@ from conftest import REPO
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"
 
 
-@pytest.mark.slow  # a kernel, torch and 20 training steps: ~60-90 s on a busy 2-core machine
+@pytest.mark.slow  # a kernel, torch and 10 training steps: ~60-90 s on a busy 2-core machine
 def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
     import nbformat
     from nbclient import NotebookClient
@@ -30,13 +30,13 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
     assert not [o for o in outputs if o.output_type == "error"]
     streams = "".join(o.text for o in outputs if o.output_type == "stream")
     assert "\r" not in streams  # no tqdm text bars in the saved notebook
-    assert "step    20/20 | loss" in streams
+    assert "step    10/10 | loss" in streams
     training = next(c for c in nb.cells if "llmkit.pretrain(" in c.source)
     bars = [o for o in training.outputs if o.output_type == "display_data"]
     assert len(bars) == 1 and "<progress" in bars[0].data["text/html"]
-    assert 'value="20" max="20"' in bars[0].data["text/html"]  # updated in place to the end
+    assert 'value="10" max="10"' in bars[0].data["text/html"]  # updated in place to the end
     result = next(o for o in training.outputs if o.output_type == "execute_result")
-    assert result.data["text/plain"].startswith("('reached max_steps 20'")
+    assert result.data["text/plain"].startswith("('reached max_steps 10'")
     shown = next(o for o in nb.cells[-1].outputs if o.output_type == "execute_result")
     assert shown.data["image/png"]  # the plot, shown as an image
     assert (tmp_path / "runs" / "quickstart" / "plots.png").is_file()

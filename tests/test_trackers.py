@@ -126,3 +126,61 @@ def test_an_unknown_tracker_names_the_valid_ones(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     ok = run_cli(*TINY, "--set", "train.report_to=wandb", "--dry-run")
     assert ok.returncode == 0 and "report_to:\n  - wandb" in ok.stdout
+
+
+@pytest.mark.slow  # a text2text fine-tune scoring BLEU/ROUGE on generations: ~60 s, busy machine
+def test_a_python_finetune_logs_its_task_metrics_and_loads_with_its_card(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmkit
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"source": f"count to {i}", "target": " ".join(map(str, range(1, i + 1)))})
+            + "\n"
+            for i in range(1, 41)
+        )
+    )
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    run = llmkit.finetune(
+        task="text2text",
+        model={"init": str(tiny_llama_dir)},
+        data={"sources": [str(pairs)], "template": "{source} =", "max_eval_examples": 8},
+        train={
+            "max_steps": 4, "eval_every": 2, "save_every": 2, "log_every": 1, "batch_size": 4,
+            "lr": 1e-2, "report_to": "mlflow", "output_dir": tmp_path / "t2t",
+        },
+        eval={"metric_for_best_model": "rougeL", "generate_examples": 4, "max_new_tokens": 8},
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").open()]
+    task = {
+        (k, int(r["step"]), float(r[k]))
+        for r in rows
+        for k in ("eval_bleu", "eval_rougeL", "eval_loss")
+        if k in r
+    }
+    assert {k for k, _, _ in task} == {"eval_bleu", "eval_rougeL", "eval_loss"}
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(db)
+    (logged_run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = {
+        (k, m.step, m.value)
+        for k in ("eval_bleu", "eval_rougeL", "eval_loss")
+        for m in client.get_metric_history(logged_run.info.run_id, k)
+    }
+    assert logged == task
+    assert logged_run.data.params["recipe.task"] == "text2text"
+
+    # The run's card (its template and stop) applies in Python as in `llmkit generate`.
+    ours = llmkit.load(run).generate("count to 3")
+    cli = run_cli("generate", "--model", str(run.path), "count to 3")
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout == ours + "\n"
+    # Its evaluation, as `llmkit eval --model RUN`: the run's own validation examples.
+    report = llmkit.load(run).evaluate(output_dir=tmp_path / "eval", limit=4)
+    assert (tmp_path / "eval" / "metrics.json").is_file()
+    assert "bleu" in json.dumps(report)
