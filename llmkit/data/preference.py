@@ -176,12 +176,10 @@ def render(prompt: Any, answer: Any, data: Any, tokenizer: Any) -> tuple[str, st
 def _messages(value: Any, role: str, what: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value:
-        return (
-            examples.chat_messages({"m": value}, "m", what)
-            if role == "assistant"
-            else (_turns(value, what))
-        )
+    if isinstance(value, list) and value and role == "user":
+        return _turns(value, what)
+    if isinstance(value, list) and value:  # an answer: its turns must include the assistant's
+        return examples.chat_messages({what: value}, what, what)
     raise UsageError(f"{what} must be text or a list of chat messages, got {value!r:.40}")
 
 
