@@ -43,8 +43,8 @@ GGUF_REQ := requirements/gguf.txt
 LLAMA_CPP := $(shell sed -n 's/^llama-cpp-python==//p' $(GGUF_REQ))
 LLAMA_SRC := llama_cpp_python-$(LLAMA_CPP)/vendor/llama.cpp
 # GGML_NATIVE=OFF: -march=native on a Xeon with AMX compiles in ggml's AMX matmul, which
-# crashed (SIGSEGV in ggml_backend_amx_mul_mat) on every quantized file here (q8_0, q4_k_m);
-# the portable build (AVX2/FMA/F16C) runs them, and on other machines' CPUs too.
+# crashed (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue 20824) on every quantized file
+# here (q8_0, q4_k_m); the portable build (AVX2/FMA/F16C) runs them, and on other CPUs too.
 GGUF_CMAKE := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF
 gguf: $(VENV)/.gguf

@@ -197,4 +197,4 @@ def test_never_replaces_a_users_folder_and_ctrl_c_leaves_nothing(
         time.sleep(0.01)  # a poll on the file, not a wait on the clock
     export.send_signal(signal.SIGINT)
     assert export.wait(timeout=300) == 130
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "mine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mine.lock", ".out.lock", "mine"]

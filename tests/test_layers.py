@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import REPO
 
 PACKAGE = REPO / "llmkit"
-LIBRARY = ("io", "models", "inference", "evaluation", "data", "train", "export")
+LIBRARY = ("io", "models", "inference", "evaluation", "data", "train")
 
 
 def _modules(root: Path) -> dict[str, Path]:

@@ -28,9 +28,9 @@ from llmkit.errors import UsageError
 # The k-quants pack 256 weights per block: a tensor whose rows are not a multiple of 256
 # (SmolLM2's 576, a tiny model's 32) is stored in a fallback type llama.cpp picks (q5_0,
 # q8_0...), as llama-quantize does; the file is still valid and says so in its metadata.
-ConverterType = Literal["f32", "f16", "bf16", "q8_0"]
+ConverterType = Literal["f32", "f16", "bf16"]
 QuantizerType = Literal[
-    "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"
+    "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"
 ]
 GgufType = Literal[ConverterType, QuantizerType]
 CONVERTER_TYPES: tuple[str, ...] = get_args(ConverterType)
@@ -38,8 +38,8 @@ QUANTIZER_TYPES: tuple[str, ...] = get_args(QuantizerType)
 
 LLAMA_CPP_ENV = "LLMKIT_LLAMA_CPP"
 SETUP = (
-    "run `make gguf` in llmkit's checkout (builds llama-cpp-python from source, ~5 min on "
-    "2 cores), or `pip install llama-cpp-python` and set "
+    "run `make gguf` in llmkit's checkout (builds llama-cpp-python from source: ~20 min on 2 busy "
+    "cores), or `pip install llama-cpp-python` and set "
     f"{LLAMA_CPP_ENV} to a llama.cpp source folder"
 )
 
