@@ -302,19 +302,26 @@ def test_eval_reports_preference_accuracy_and_the_paired_test(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # SmolLM2 trains 6 DPO steps, then two models score 8 pairs
 def test_shipped_recipe_raises_held_out_preference(tmp_path: Path) -> None:
     """The shipped DPO recipe as it is, on the real SmolLM2: the held-out pairs' implicit
     reward accuracy and margin rise from 0 (policy = reference), and their log-prob
     preference margin rises over the base model's."""
     run = tmp_path / "dpo"
-    out = run_cli("finetune", RECIPE, "--output-dir", str(run))
+    # 6 of its 16 steps (each ~30 s on 2 quiet cores), evaluated at the end: CI's slow tier
+    # budget; the full recipe's figures are in README.
+    out = run_cli(
+        "finetune", RECIPE, "--output-dir", str(run), "--max-steps", "6",
+        "--set", "train.eval_every=6", "--set", "train.save_every=6",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["rewards/accuracies_before"] == 0.0
     assert metrics["rewards/accuracies"] >= 0.6 and metrics["rewards/margins"] > 0
     ab = run_cli(
         "eval", "--model", "embedded:smollm2", "--model-b", str(run),
-        "--data", str(run / "validation.jsonl"), "--output-dir", str(tmp_path / "ab"),
+        "--data", str(run / "validation.jsonl"), "--limit", "8",
+        "--output-dir", str(tmp_path / "ab"),
     )  # fmt: skip
     assert ab.returncode == 0, ab.stderr[-3000:]
     result = json.loads((tmp_path / "ab" / "metrics.json").read_text())
