@@ -144,6 +144,7 @@ def test_a_python_finetune_logs_its_task_metrics_and_loads_with_its_card(
     )
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns
     run = llmkit.finetune(
         task="text2text",
         model={"init": str(tiny_llama_dir)},
