@@ -54,15 +54,15 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer BERT (width 32) with MiniLM's real WordPiece tokenizer."""
+def save_tiny_bert(out: Path, head: str = "BertModel", max_positions: int = 128) -> Path:
+    """A random 2-layer BERT (width 32, seed 0) with MiniLM's real WordPiece tokenizer; `head`
+    names the transformers class (BertModel, BertForMaskedLM...)."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
 
     from llmkit import assets
 
-    out = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
     torch.manual_seed(0)
     cfg = BertConfig(
@@ -71,11 +71,16 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
     )
-    BertModel(cfg).save_pretrained(out)
+    getattr(transformers, head)(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, save_tiny_bert
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,24 +29,7 @@ LINES = [
 @pytest.fixture(scope="module")
 def mlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BertForMaskedLM (width 32) with MiniLM's tokenizer (30,522 tokens)."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    from llmkit import assets
-
-    out = tmp_path_factory.mktemp("tiny-mlm")
-    tok = AutoTokenizer.from_pretrained(assets.minilm_dir())
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertForMaskedLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-mlm"), "BertForMaskedLM", 64)
 
 
 @pytest.fixture(scope="module")
