@@ -207,6 +207,14 @@ def chat_messages(row: Row, column_name: str | None, where: str) -> list[dict[st
     turns = column(row, column_name, "messages_column", where)
     if not isinstance(turns, list) or not turns:
         raise UsageError(f"{where}: '{column_name}' must be a non-empty list of turns")
+    out = chat_turns(turns, where)
+    if not any(m["role"] == "assistant" for m in out):
+        raise UsageError(f"{where}: the chat has no assistant turn to learn from")
+    return out
+
+
+def chat_turns(turns: list[Any], where: str) -> list[dict[str, str]]:
+    """Each turn as {role, content}: OpenAI's {role, content} or ShareGPT's {from, value}."""
     out = []
     for t in turns:
         if (
@@ -228,8 +236,6 @@ def chat_messages(row: Row, column_name: str | None, where: str) -> list[dict[st
                 f"{where}: a turn needs role/content (OpenAI) or from/value strings "
                 f"(ShareGPT), got {t!r:.80}"
             )
-    if not any(m["role"] == "assistant" for m in out):
-        raise UsageError(f"{where}: the chat has no assistant turn to learn from")
     return out
 
 

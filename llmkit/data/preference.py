@@ -177,29 +177,10 @@ def _messages(value: Any, role: str, what: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list) and value and role == "user":
-        return _turns(value, what)
+        return examples.chat_turns(value, what)  # a prompt: no assistant turn needed
     if isinstance(value, list) and value:  # an answer: its turns must include the assistant's
         return examples.chat_messages({what: value}, what, what)
     raise UsageError(f"{what} must be text or a list of chat messages, got {value!r:.40}")
-
-
-def _turns(value: list[Any], what: str) -> list[dict[str, str]]:
-    """A prompt's messages (no assistant turn needed, unlike a training chat)."""
-    out = []
-    for t in value:
-        if (
-            isinstance(t, dict)
-            and isinstance(t.get("role"), str)
-            and isinstance(t.get("content"), str)
-        ):
-            out.append({"role": t["role"], "content": t["content"]})
-        elif isinstance(t, dict) and isinstance(t.get("value"), str) and "from" in t:
-            out.append(
-                {"role": examples.SHAREGPT_ROLES.get(str(t["from"]), "user"), "content": t["value"]}
-            )
-        else:
-            raise UsageError(f"{what}: a turn needs role/content strings, got {t!r:.60}")
-    return out
 
 
 def unpair(rows: list[Row]) -> list[Row]:
